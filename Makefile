@@ -1,0 +1,37 @@
+# The README's two commands: `make compare` (the main job) and `make test`.
+# Both create .venv and install the project on first use; nothing else is needed but Python 3.11 and pip.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   := data/shapes
+
+.PHONY: install compare test dataset clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@# albumentations pulls opencv-python-headless, which shares the `cv2` folder with the contrib
+	@# build; if it overwrote contrib (no cv2.ximgproc for Selective Search), reinstall contrib on top.
+	$(PY) -c "import cv2, sys; sys.exit(0 if hasattr(cv2, 'ximgproc') else 1)" || \
+	  $(PY) -m pip install --quiet --force-reinstall --no-deps \
+	    "opencv-contrib-python-headless==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opencv-contrib-python-headless"))')"
+	$(PY) -c "import cv2; cv2.ximgproc; print('cv2', cv2.__version__, 'with ximgproc')"
+	touch $(STAMP)
+
+dataset: $(STAMP)
+	$(PY) scripts/make_dataset.py --out $(DATA)
+
+compare: dataset
+	$(PY) scripts/train.py fit --config experiments/fcos/shapes.yaml
+	$(PY) scripts/train.py test --config experiments/fcos/shapes.yaml --ckpt_path runs/fcos_shapes/checkpoints/last.ckpt
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs lightning_logs wandb .pytest_cache

@@ -1,0 +1,236 @@
+"""One LightningModule base per task; every model of the course extends one of them.
+
+The base owns what is the same for every model of a task: the training step (sum of the model's
+losses, a guard against non-finite losses), validation and test with exact metrics
+(:mod:`metrics`), the optimiser and its schedule, and per-stage timing. A model supplies the
+network: ``forward(images, targets=None)`` returning a dict of losses in train mode and, in eval
+mode, torchvision's list of ``{boxes, labels, scores[, masks]}`` (detection) or logits (semantic).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from metrics import DetectionMetrics, SegmentationMetrics
+from models.parts.timing import StageTimer
+
+Protocol = Literal["lecture", "voc07", "voc", "coco"]
+
+
+class TaskModule(pl.LightningModule):
+    """Optimiser, schedule, loss guard and timing shared by all tasks.
+
+    Args:
+        num_classes: object classes K, background excluded (linked from the DataModule by the CLI).
+        class_names: the K class names, used for per-class metric keys and plots.
+        optimizer: ``sgd`` (momentum) as the papers, or ``adamw``.
+        lr, momentum, weight_decay: optimiser settings.
+        warmup_steps: linear learning-rate warm-up from 0.1 x lr (Goyal et al. 2017).
+        scheduler: ``cosine`` decay to zero over the run, or ``constant``.
+        nonfinite_loss: ``raise`` stops the run naming the step and the loss terms; ``skip`` drops
+            that step's update and counts it, so no ruined weights reach a checkpoint.
+    """
+
+    task: str = ""
+
+    def __init__(
+        self,
+        num_classes: int = 1,
+        class_names: Sequence[str] | None = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 100,
+        scheduler: Literal["cosine", "constant"] = "cosine",
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (background excluded), got {num_classes}")
+        self.save_hyperparameters()
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(1, num_classes + 1)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names for num_classes={num_classes}")
+        self.stage_timer = StageTimer()
+        self.skipped_nonfinite_steps = 0
+
+    # ----------------------------------------------------------------- training
+    def compute_losses(self, batch: Any) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def batch_size_of(self, batch: Any) -> int:
+        return len(batch[0])
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        losses = self.compute_losses(batch)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            if self.hparams.nonfinite_loss == "raise":
+                raise FloatingPointError(
+                    f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}, "
+                    f"batch {batch_idx}): {terms}. Lower the learning rate, check the data, or set "
+                    "model.init_args.nonfinite_loss: skip"
+                )
+            self.skipped_nonfinite_steps += 1
+            self.log("train/skipped_nonfinite_steps", float(self.skipped_nonfinite_steps))
+            return None  # Lightning skips the optimiser step.
+        n = self.batch_size_of(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=n)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}")
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        warmup = min(hp.warmup_steps, max(total - 1, 0))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return 0.1 + 0.9 * step / max(1, warmup)
+            if hp.scheduler == "constant":
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------- evaluation
+    def _log_metrics(self, collection: nn.ModuleDict, prefix: str) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for metric in collection.values():
+            results.update({k: float(v) for k, v in metric.compute().items()})
+            metric.reset()
+        self.log_dict({f"{prefix}/{k}": v for k, v in results.items()}, sync_dist=False)
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val_metrics = self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_metrics = self._log_metrics(self.test_metrics, "test")
+
+    def stage_times_ms(self) -> dict[str, float]:
+        """Milliseconds per stage accumulated since the last ``stage_timer.reset()``."""
+        return dict(self.stage_timer.times_ms)
+
+
+class DetectionModule(TaskModule):
+    """Base of every detector. ``forward(images, targets=None)`` as torchvision's detectors.
+
+    Labels are 1..K (0 is background, never in targets); eval-mode predictions are
+    ``{boxes (xyxy pixels of the input image), labels, scores}`` per image.
+
+    Args:
+        metric_protocols: which mAP definitions to compute in validation/test (see :mod:`metrics`).
+    """
+
+    task = "detection"
+
+    def __init__(self, metric_protocols: Sequence[Protocol] = ("lecture", "voc07", "voc", "coco"), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metric_protocols = tuple(metric_protocols)
+        self.val_metrics = nn.ModuleDict(self.build_metrics())
+        self.test_metrics = nn.ModuleDict(self.build_metrics())
+
+    def build_metrics(self) -> dict[str, nn.Module]:
+        return {"bbox": DetectionMetrics(protocols=self.metric_protocols, iou_type="bbox", class_names=self.class_names)}
+
+    def compute_losses(self, batch: Any) -> dict[str, Tensor]:
+        images, targets = batch
+        return self(images, targets)
+
+    def _evaluate(self, batch: Any, collection: nn.ModuleDict) -> list[dict[str, Tensor]]:
+        images, targets = batch
+        preds = self(images)
+        for metric in collection.values():
+            metric.update(preds, targets)
+        return preds
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        images, targets = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (batch, None)
+        preds = self(images)
+        if targets is not None:
+            for p, t in zip(preds, targets):
+                p["image_id"] = t.get("image_id")
+        return preds
+
+
+class InstanceSegmentationModule(DetectionModule):
+    """Base of instance segmenters: a detector whose predictions add ``masks`` (N x 1 x H x W
+    probabilities), scored with box metrics and COCO mask AP (``coco_segm/*``)."""
+
+    task = "instance"
+
+    def build_metrics(self) -> dict[str, nn.Module]:
+        metrics = super().build_metrics()
+        metrics["segm"] = DetectionMetrics(protocols=("coco",), iou_type="segm", class_names=self.class_names)
+        return metrics
+
+
+class SemanticSegmentationModule(TaskModule):
+    """Base of semantic segmenters: ``forward(images B x 3 x H x W) -> logits B x (K+1) x H x W``.
+
+    Channel 0 is background; pixels labelled ``ignore_index`` (255, VOC's object borders) add no loss
+    and are not scored.
+
+    Args:
+        class_weights: optional K+1 weights for the cross-entropy (rare classes up-weighted).
+        ignore_index: label ignored by loss and metrics.
+    """
+
+    task = "semantic"
+
+    def __init__(self, class_weights: Sequence[float] | None = None, ignore_index: int = 255, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if class_weights is not None and len(class_weights) != self.num_classes + 1:
+            raise ValueError(f"class_weights needs {self.num_classes + 1} values (background first), got {len(class_weights)}")
+        self.register_buffer(
+            "class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None, persistent=False
+        )
+        self.ignore_index = ignore_index
+        self.val_metrics = nn.ModuleDict({"semantic": SegmentationMetrics(num_classes=self.num_classes + 1, ignore_index=ignore_index)})
+        self.test_metrics = nn.ModuleDict({"semantic": SegmentationMetrics(num_classes=self.num_classes + 1, ignore_index=ignore_index)})
+
+    def compute_losses(self, batch: Any) -> dict[str, Tensor]:
+        images, masks = batch
+        logits = self(images)
+        return {"loss_ce": nn.functional.cross_entropy(logits, masks, weight=self.class_weights, ignore_index=self.ignore_index)}
+
+    def _evaluate(self, batch: Any, collection: nn.ModuleDict) -> Tensor:
+        images, masks = batch
+        logits = self(images)
+        for metric in collection.values():
+            metric.update(logits, masks)
+        return logits
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).argmax(1)

@@ -1,0 +1,3 @@
+"""Detectors (registered on import)."""
+
+from models.detection import fcos  # noqa: F401

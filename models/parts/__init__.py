@@ -1,0 +1,1 @@
+"""Small shared parts with one job each: backbones, timing, box coding, anchors, losses."""
