@@ -155,6 +155,10 @@ class DetectionModule(TaskModule):
         images, targets = batch
         return self(images, targets)
 
+    def set_nms_iou(self, iou: float) -> None:
+        """Change the test-time NMS IoU threshold (for the comparison's NMS sweep)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its NMS threshold")
+
     def _evaluate(self, batch: Any, collection: nn.ModuleDict) -> list[dict[str, Tensor]]:
         images, targets = batch
         preds = self(images)

@@ -69,3 +69,6 @@ class FCOS(DetectionModule):
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         return self.detector(images, targets)
+
+    def set_nms_iou(self, iou: float) -> None:
+        self.detector.nms_thresh = iou

@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch import nn
+
+from models.base import DetectionModule, SemanticSegmentationModule
+
+
+class ConstantLossDetector(DetectionModule):
+    """A detector whose loss is a learnable scalar, to exercise the base class alone."""
+
+    def __init__(self, loss_value: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.w = nn.Parameter(torch.tensor(1.0))
+        self.loss_value = loss_value
+
+    def forward(self, images, targets=None):
+        if self.training:
+            return {"loss_a": self.w * self.loss_value}
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)} for _ in images]
+
+
+def _batch():
+    target = {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([1]), "image_id": 0}
+    return [torch.zeros(3, 8, 8)], [target]
+
+
+def test_nonfinite_loss_raises_naming_the_step_and_terms():
+    model = ConstantLossDetector(loss_value=float("nan"), num_classes=2)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at global step 0 .*loss_a=nan"):
+        model.training_step(_batch(), 0)
+
+
+def test_nonfinite_loss_skip_returns_none_and_counts():
+    model = ConstantLossDetector(loss_value=float("inf"), num_classes=2, nonfinite_loss="skip")
+    assert model.training_step(_batch(), 0) is None
+    assert model.skipped_nonfinite_steps == 1
+
+
+def test_finite_loss_is_the_sum_of_terms():
+    model = ConstantLossDetector(loss_value=2.5, num_classes=2)
+    assert model.training_step(_batch(), 0).item() == pytest.approx(2.5)
+
+
+def test_class_names_must_match_num_classes():
+    with pytest.raises(ValueError, match="class_names"):
+        ConstantLossDetector(num_classes=2, class_names=["a"])
+    with pytest.raises(ValueError, match="num_classes"):
+        ConstantLossDetector(num_classes=0)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    model = ConstantLossDetector(num_classes=1, lr=1.0, warmup_steps=10)
+
+    class FakeTrainer:
+        estimated_stepping_batches = 110
+
+    model._trainer = FakeTrainer()
+    conf = model.configure_optimizers()
+    sched = conf["lr_scheduler"]["scheduler"]
+    factors = [sched.lr_lambdas[0](s) for s in (0, 5, 10, 60, 110)]
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[1] == pytest.approx(0.55)
+    assert factors[2] == pytest.approx(1.0)
+    assert factors[3] == pytest.approx(0.5)
+    assert factors[4] == pytest.approx(0.0)
+
+
+def test_semantic_base_ignores_255_and_checks_weights():
+    class Const(SemanticSegmentationModule):
+        def forward(self, images):
+            return torch.zeros(images.shape[0], 3, *images.shape[-2:])
+
+    model = Const(num_classes=2)
+    masks = torch.full((1, 4, 4), 255, dtype=torch.int64)
+    masks[0, 0, 0] = 1
+    loss = model.compute_losses((torch.zeros(1, 3, 4, 4), masks))["loss_ce"]
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(3.0)).item())  # one pixel, uniform logits
+    with pytest.raises(ValueError, match="class_weights"):
+        Const(num_classes=2, class_weights=[1.0, 2.0])
