@@ -1,0 +1,383 @@
+"""COCO instances reader (any ``instances_*.json``, through pycocotools) and its DataModule.
+
+* boxes: COCO ``[x, y, w, h]`` -> ``(x, y, x + w, y + h)`` (0-based continuous pixels), clipped to the
+  image; empty ones dropped and counted;
+* labels: category ids -> contiguous 1..K in sorted category-id order (``category_id_to_label``);
+* ``iscrowd`` is a flag; crowd regions are not training targets by default, kept flagged in val/test;
+* masks: polygons, compressed and uncompressed RLE, decoded with ``pycocotools.mask``;
+* task ``semantic``: a label map painted from the instance masks in annotation order (later over
+  earlier), crowd regions as 255 (ignore).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from datamodules.base import IGNORE_INDEX, AnnotatedDataset, BaseDataModule, ImageRecord, Task, check_choice
+from datamodules.checks import DatasetError, ImageIndex, as_number, clip_boxes, new_stats, safe_image_path
+
+__all__ = ["COCODataset", "COCODataModule", "load_coco_json", "decode_segmentation"]
+
+OnUnknown = Literal["error", "skip"]
+
+
+def _int_field(value: Any, source: str, field: str, positive: bool = False) -> int:
+    x = as_number(value, source, field)
+    if x != int(x) or (positive and x <= 0):
+        raise DatasetError(f"{source}: {field}: expected a {'positive ' if positive else ''}integer, got {value!r}")
+    return int(x)
+
+
+def load_coco_json(path: str | Path) -> dict[str, Any]:
+    """Read and validate an instances JSON (structure only; annotations are checked per object later).
+
+    Required: ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations`` (a list),
+    ``categories`` (``id``, ``name``). Raises :class:`DatasetError` ``"<file>: <field>: ..."``.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{source}: annotation file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{source}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{source}: unreadable annotation file ({exc})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{source}: top level: expected a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(f"{source}: {key}: missing")
+        if not isinstance(data[key], list):
+            raise DatasetError(f"{source}: {key}: expected a list, got {type(data[key]).__name__}")
+    if not data["categories"]:
+        raise DatasetError(f"{source}: categories: empty")
+    seen: set[int] = set()
+    for i, cat in enumerate(data["categories"]):
+        where = f"categories[{i}]"
+        if not isinstance(cat, dict):
+            raise DatasetError(f"{source}: {where}: expected an object")
+        cid = _int_field(cat.get("id"), source, f"{where}.id")
+        if cid in seen:
+            raise DatasetError(f"{source}: {where}.id: duplicate category id {cid}")
+        seen.add(cid)
+        if not isinstance(cat.get("name"), str) or not cat["name"]:
+            raise DatasetError(f"{source}: {where}.name: missing")
+    seen = set()
+    for i, img in enumerate(data["images"]):
+        where = f"images[{i}]"
+        if not isinstance(img, dict):
+            raise DatasetError(f"{source}: {where}: expected an object")
+        iid = _int_field(img.get("id"), source, f"{where}.id")
+        if iid in seen:
+            raise DatasetError(f"{source}: {where}.id: duplicate image id {iid}")
+        seen.add(iid)
+        if "file_name" not in img:
+            raise DatasetError(f"{source}: {where}.file_name: missing")
+        _int_field(img.get("width"), source, f"{where}.width", positive=True)
+        _int_field(img.get("height"), source, f"{where}.height", positive=True)
+    ann_ids: set[int] = set()
+    for i, ann in enumerate(data["annotations"]):
+        where = f"annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise DatasetError(f"{source}: {where}: expected an object")
+        aid = _int_field(ann.get("id"), source, f"{where}.id")
+        if aid in ann_ids:
+            raise DatasetError(f"{source}: {where}.id: duplicate annotation id {aid}")
+        ann_ids.add(aid)
+        image_id = _int_field(ann.get("image_id"), source, f"{where}.image_id")
+        if image_id not in seen:
+            raise DatasetError(f"{source}: {where}.image_id: no image with id {image_id}")
+        if "category_id" not in ann:
+            raise DatasetError(f"{source}: {where}.category_id: missing")
+    return data
+
+
+def categories_of(data: dict[str, Any]) -> list[tuple[int, str]]:
+    """``(category id, name)`` in sorted id order: label ``i`` is entry ``i - 1``."""
+    return sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
+
+
+def _check_segmentation(segm: Any, h: int, w: int, source: str, where: str) -> None:
+    field = f"{where}.segmentation"
+    if segm is None:
+        raise DatasetError(f"{source}: {field}: missing (needed for task instance / semantic)")
+    if isinstance(segm, list):
+        for j, poly in enumerate(segm):
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                raise DatasetError(f"{source}: {field}[{j}]: a polygon needs an even number (>= 6) of coordinates")
+            for v in poly:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise DatasetError(f"{source}: {field}[{j}]: non-numeric coordinate {v!r}")
+        return
+    if isinstance(segm, dict):
+        size, counts = segm.get("size"), segm.get("counts")
+        if not isinstance(size, list) or len(size) != 2:
+            raise DatasetError(f"{source}: {field}.size: expected [height, width]")
+        if [int(size[0]), int(size[1])] != [h, w]:
+            raise DatasetError(f"{source}: {field}.size: {size} differs from the image size [{h}, {w}]")
+        if isinstance(counts, list):
+            if sum(int(c) for c in counts) != h * w:
+                raise DatasetError(f"{source}: {field}.counts: uncompressed RLE does not sum to height * width = {h * w}")
+        elif not isinstance(counts, (str, bytes)):
+            raise DatasetError(f"{source}: {field}.counts: expected a list (uncompressed) or a string (compressed RLE)")
+        return
+    raise DatasetError(f"{source}: {field}: expected polygons (a list) or RLE (an object), got {type(segm).__name__}")
+
+
+def decode_segmentation(segm: Any, h: int, w: int) -> np.ndarray:
+    """H x W uint8 mask of a COCO ``segmentation`` (polygons, uncompressed or compressed RLE)."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segm, list):
+        if not segm:
+            return np.zeros((h, w), np.uint8)
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+    elif isinstance(segm["counts"], list):
+        rle = mask_utils.frPyObjects(segm, h, w)
+    else:
+        counts = segm["counts"]
+        rle = {"size": [int(v) for v in segm["size"]], "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+    with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" DeprecationWarning
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mask = mask_utils.decode(rle)
+    return np.ascontiguousarray(mask, dtype=np.uint8).reshape(h, w)
+
+
+class COCODataset(AnnotatedDataset):
+    """One COCO instances file over one image folder.
+
+    Args:
+        annotation_file: ``instances_*.json``.
+        image_root: folder the images' ``file_name`` are relative to.
+        task: ``detection`` | ``instance`` (decoded masks) | ``semantic`` (painted label map).
+        categories: the ``(id, name)`` list that defines labels 1..K; default: this file's own
+            categories in sorted id order. A file whose categories differ is an error.
+        keep_crowd: keep ``iscrowd`` regions (flagged) in detection / instance targets.
+        on_unknown_class: ``error`` or ``skip`` (counted) annotations with an unknown ``category_id``.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | Path,
+        image_root: str | Path,
+        task: Task = "detection",
+        augment: Sequence[dict[str, Any]] | None = None,
+        categories: Sequence[tuple[int, str]] | None = None,
+        keep_crowd: bool = True,
+        on_unknown_class: OnUnknown = "error",
+        name: str | None = None,
+    ) -> None:
+        from pycocotools.coco import COCO
+
+        check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
+        self.annotation_file = Path(annotation_file)
+        self.image_root = Path(image_root)
+        source = str(self.annotation_file)
+        data = load_coco_json(self.annotation_file)
+        own = categories_of(data)
+        if categories is not None and list(map(tuple, categories)) != own:
+            raise DatasetError(f"{source}: categories: differ from the reference categories (ids and names must match)")
+        self.categories = own
+        self.category_id_to_label = {cid: i for i, (cid, _) in enumerate(own, start=1)}
+        self.coco = COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
+        ann_pos = {id(a): i for i, a in enumerate(data["annotations"])}
+
+        stats = new_stats()
+        unknown: list[str] = []
+        records: list[ImageRecord] = []
+        for i, img in enumerate(data["images"]):
+            iid, h, w = int(img["id"]), int(img["height"]), int(img["width"])
+            path = safe_image_path(self.image_root, img["file_name"], source, f"images[{i}].file_name")
+            boxes, labels, crowd, segms = [], [], [], []
+            for ann in self.coco.imgToAnns.get(iid, []):
+                a_i = ann_pos[id(ann)]
+                where = f"annotations[{a_i}] (id {ann.get('id')})"
+                cid = ann.get("category_id")
+                if not isinstance(cid, int) or isinstance(cid, bool) or cid not in self.category_id_to_label:
+                    if on_unknown_class == "skip":
+                        unknown.append(str(cid))
+                        stats["unknown_class_skipped"] += 1
+                        continue
+                    raise DatasetError(
+                        f"{source}: {where}.category_id: unknown category {cid!r} (object {a_i}, image id {iid}); "
+                        "set on_unknown_class: skip to ignore such annotations"
+                    )
+                bbox = ann.get("bbox")
+                if not isinstance(bbox, list) or len(bbox) != 4:
+                    raise DatasetError(f"{source}: {where}.bbox: expected [x, y, width, height], got {bbox!r}")
+                x, y, bw, bh = (as_number(v, source, f"{where}.bbox[{j}]") for j, v in enumerate(bbox))
+                is_crowd = bool(as_number(ann.get("iscrowd", 0), source, f"{where}.iscrowd"))
+                if task != "detection":
+                    _check_segmentation(ann.get("segmentation"), h, w, source, where)
+                boxes.append((x, y, x + bw, y + bh))
+                labels.append(self.category_id_to_label[cid])
+                crowd.append(is_crowd)
+                segms.append(ann.get("segmentation"))
+            clipped, changed, valid = clip_boxes(np.asarray(boxes, np.float64).reshape(-1, 4), h, w)
+            stats["clipped"] += int((changed & valid).sum())
+            stats["degenerate_dropped"] += int((~valid).sum())
+            n = len(labels)
+            rec = ImageRecord(
+                image_id=iid,
+                file_name=img["file_name"],
+                path=path,
+                height=h,
+                width=w,
+                boxes=clipped,
+                labels=np.asarray(labels, np.int64),
+                difficult=np.zeros(n, bool),
+                iscrowd=np.asarray(crowd, bool),
+                truncated=np.zeros(n, bool),
+                source_index=np.arange(n, dtype=np.int64),
+                segmentations=segms,
+            )
+            keep = valid.copy()
+            if not keep_crowd and task != "semantic":
+                stats["crowd_excluded"] += int((valid & rec.iscrowd).sum())
+                keep &= ~rec.iscrowd
+            rec.select(keep)
+            records.append(rec)
+        ImageIndex().require((r.path for r in records), source)
+        names = [n for _, n in own]
+        super().__init__(records, names, task, augment, name or f"COCO {self.annotation_file.name} ({task})", stats, unknown)
+
+    def _decode(self, rec: ImageRecord, k: int) -> np.ndarray:
+        try:
+            return decode_segmentation(rec.segmentations[k], rec.height, rec.width)
+        except Exception as exc:  # pycocotools raises bare exceptions on bad input
+            raise DatasetError(f"{self.annotation_file}: image {rec.file_name}: object {k}: segmentation: cannot decode ({exc})") from None
+
+    def instance_masks(self, rec: ImageRecord) -> np.ndarray:
+        masks = np.zeros((len(rec.labels), rec.height, rec.width), np.uint8)
+        for j, k in enumerate(rec.source_index):
+            masks[j] = self._decode(rec, int(k))
+        return masks
+
+    def semantic_map(self, rec: ImageRecord) -> np.ndarray:
+        sem = np.zeros((rec.height, rec.width), np.uint8)
+        for j, k in enumerate(rec.source_index):
+            m = self._decode(rec, int(k)).astype(bool)
+            sem[m] = IGNORE_INDEX if rec.iscrowd[j] else int(rec.labels[j])
+        return sem
+
+
+class COCODataModule(BaseDataModule):
+    """COCO-format instances JSON + image folder for detection, semantic or instance segmentation.
+
+    Args:
+        train_annotations, train_images: instances JSON and the folder its ``file_name`` are relative to.
+        val_annotations, val_images: the same for validation.
+        test_annotations, test_images: for ``trainer.test``; ``None`` tests on the val files.
+        task: ``detection`` | ``semantic`` | ``instance``.
+        keep_crowd_in_train: keep ``iscrowd`` regions as training targets (default: dropped; they are
+            always kept, flagged, in val / test targets, and painted 255 in semantic maps).
+        on_unknown_class: ``error`` (default) or ``skip`` annotations with an unknown ``category_id``.
+        batch_size, num_workers, pin_memory, persistent_workers, drop_last: DataLoader settings.
+        train_augment, eval_augment: lists of ``{"name": <albumentations class>, **kwargs}``.
+
+    Labels 1..K follow the sorted category ids (COCO's 80 ids 1..90 become 1..80):
+    ``category_id_to_label`` / ``label_to_category_id``; ``save_label_map(path)`` writes them (it is
+    also written as ``label_map.json`` into the trainer's log dir at setup when a logger is set).
+    """
+
+    def __init__(
+        self,
+        train_annotations: str,
+        train_images: str,
+        val_annotations: str,
+        val_images: str,
+        test_annotations: str | None = None,
+        test_images: str | None = None,
+        task: Task = "detection",
+        keep_crowd_in_train: bool = False,
+        on_unknown_class: OnUnknown = "error",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        train_augment: list[dict[str, Any]] | None = None,
+        eval_augment: list[dict[str, Any]] | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last)
+        check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
+        if (test_annotations is None) != (test_images is None):
+            raise ValueError("give both test_annotations and test_images, or neither")
+        self.save_hyperparameters()
+        self.files = {
+            "train": (train_annotations, train_images),
+            "val": (val_annotations, val_images),
+            "test": (test_annotations, test_images) if test_annotations else (val_annotations, val_images),
+        }
+        self.root = str(Path(train_images).parent)
+        self.keep_crowd_in_train = keep_crowd_in_train
+        self.on_unknown_class = on_unknown_class
+        self._categories: list[tuple[int, str]] | None = None
+
+    # -- label map -----------------------------------------------------------------------------------
+    @property
+    def categories(self) -> list[tuple[int, str]]:
+        """``(category id, name)`` in label order, read from the val file (the smaller one usually)."""
+        if self._categories is None:
+            self._categories = categories_of(load_coco_json(self.files["val"][0]))
+        return self._categories
+
+    def _load_class_names(self) -> Sequence[str]:
+        return [name for _, name in self.categories]
+
+    @property
+    def category_id_to_label(self) -> dict[int, int]:
+        return {cid: i for i, (cid, _) in enumerate(self.categories, start=1)}
+
+    @property
+    def label_to_category_id(self) -> dict[int, int]:
+        return {i: cid for i, (cid, _) in enumerate(self.categories, start=1)}
+
+    def save_label_map(self, path: str | Path) -> Path:
+        """Write ``{"labels": [{"label", "category_id", "name"}, ...], ...}`` as JSON; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "note": "label = position in sorted category ids + 1; label 0 is background",
+            "labels": [{"label": i, "category_id": cid, "name": name} for i, (cid, name) in enumerate(self.categories, start=1)],
+            "category_id_to_label": {str(k): v for k, v in self.category_id_to_label.items()},
+            "label_to_category_id": {str(k): v for k, v in self.label_to_category_id.items()},
+        }
+        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    # -- datasets ------------------------------------------------------------------------------------
+    def _same_val_test(self) -> bool:
+        return self.files["test"] == self.files["val"]
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.logger is not None and trainer.is_global_zero and trainer.log_dir:
+            self.save_label_map(Path(trainer.log_dir) / "label_map.json")
+
+    def _make_dataset(self, split: Literal["train", "val", "test"]) -> COCODataset:
+        ann, images = self.files[split]
+        return COCODataset(
+            ann,
+            images,
+            task=self.task,
+            augment=self.augment_for(split),
+            categories=self.categories,
+            keep_crowd=self.keep_crowd_in_train if split == "train" else True,
+            on_unknown_class=self.on_unknown_class,
+            name=f"COCO {Path(ann).name} ({self.task}, {split})",
+        )

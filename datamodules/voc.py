@@ -1,0 +1,339 @@
+"""Pascal VOC reader (XML + ImageSets + SegmentationClass / SegmentationObject) and its DataModule.
+
+Box convention: VOC XML stores 1-based inclusive pixel indices; boxes here are 0-based continuous
+coordinates, ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax`` (Detectron2's convention), so a
+box covering pixel columns 0..9 is ``[0, 10)``. Fractional values (VOC2012 action XMLs) are kept.
+XML is parsed with ``defusedxml`` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeET
+
+from datamodules.base import (
+    IGNORE_INDEX,
+    AnnotatedDataset,
+    BaseDataModule,
+    ImageRecord,
+    Task,
+    check_choice,
+)
+from datamodules.checks import DatasetError, ImageIndex, as_number, clip_boxes, new_stats, safe_image_path
+from datamodules.palette import read_label_png
+
+__all__ = ["VOC_CLASSES", "VOCDataset", "VOCDataModule", "parse_voc_xml", "resolve_voc_root", "read_image_set"]
+
+#: the 20 Pascal VOC classes in the devkit's order (label = position + 1)
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+OnUnknown = Literal["error", "skip"]
+
+
+def resolve_voc_root(root: str | Path, year: str) -> Path:
+    """The VOC "year" folder: ``root`` itself, ``root/VOC<year>`` or ``root/VOCdevkit/VOC<year>``."""
+    root = Path(root)
+    candidates = [root, root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}"]
+    for c in candidates:
+        if (c / "ImageSets").is_dir() and ((c / "JPEGImages").is_dir() or (c / "Annotations").is_dir()):
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(
+        f"{root}: root: no VOC{year} folder found (looked for ImageSets/ and JPEGImages/ in {tried}); "
+        "point root at a VOCdevkit folder or at the year folder, or set download: true"
+    )
+
+
+def read_image_set(year_dir: Path, sets: str, split: str) -> list[str]:
+    """Stems listed in ``ImageSets/<sets>/<split>.txt`` (first token of each non-empty line)."""
+    path = year_dir / "ImageSets" / sets / f"{split}.txt"
+    if not path.is_file():
+        folder = path.parent
+        have = sorted(p.stem for p in folder.glob("*.txt") if "_" not in p.stem) if folder.is_dir() else []
+        raise DatasetError(f"{path}: split {split!r}: image set file not found (available: {have or 'none'})")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable image set ({exc})") from None
+    stems = [ln.split()[0] for ln in lines if ln.strip()]
+    for i, s in enumerate(stems, 1):
+        if "/" in s or "\\" in s or s in (".", ".."):
+            raise DatasetError(f"{path}: line {i}: {s!r} is not a plain image id")
+    return stems
+
+
+def _flag(obj: Any, tag: str, source: str, field: str) -> bool:
+    text = obj.findtext(tag)
+    if text is None or not text.strip():
+        return False  # optional: absent in e.g. VOC2012 action XMLs
+    return as_number(text, source, field) != 0
+
+
+def parse_voc_xml(
+    path: Path,
+    class_to_label: dict[str, int],
+    on_unknown_class: OnUnknown = "error",
+) -> dict[str, Any]:
+    """Parse one VOC XML into raw (unclipped) 0-based boxes and per-object fields.
+
+    Returns a dict with ``height``, ``width``, ``boxes`` (N x 4 float64), ``labels``, ``difficult``,
+    ``truncated``, ``index`` (1-based position of the object in the XML) and ``unknown`` (names of
+    skipped objects). Raises :class:`DatasetError` naming the file and the field on bad input.
+    """
+    source = str(path)
+    try:
+        tree = SafeET.parse(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{source}: annotation file not found") from None
+    except SafeET.ParseError as exc:
+        raise DatasetError(f"{source}: malformed XML ({exc})") from None
+    except DefusedXmlException as exc:
+        raise DatasetError(f"{source}: XML refused by defusedxml ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise DatasetError(f"{source}: unreadable annotation file ({exc})") from None
+    root = tree.getroot()
+    if root.tag != "annotation":
+        raise DatasetError(f"{source}: root element: expected <annotation>, got <{root.tag}>")
+    size = root.find("size")
+    if size is None:
+        raise DatasetError(f"{source}: size: missing")
+    width = as_number(size.findtext("width"), source, "size.width")
+    height = as_number(size.findtext("height"), source, "size.height")
+    if width <= 0 or height <= 0 or width != int(width) or height != int(height):
+        raise DatasetError(f"{source}: size: expected positive integer width/height, got {width} x {height}")
+
+    boxes, labels, difficult, truncated, index, unknown = [], [], [], [], [], []
+    for k, obj in enumerate(root.findall("object"), start=1):
+        where = f"object[{k}]"
+        name = obj.findtext("name")
+        if name is None or not name.strip():
+            raise DatasetError(f"{source}: {where}.name: missing")
+        name = name.strip()
+        if name not in class_to_label:
+            if on_unknown_class == "skip":
+                unknown.append(name)
+                continue
+            raise DatasetError(
+                f"{source}: {where}.name: unknown class {name!r} (object {k}; known: {', '.join(class_to_label)}); "
+                "set on_unknown_class: skip to ignore such objects"
+            )
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise DatasetError(f"{source}: {where}.bndbox: missing")
+        xmin, ymin, xmax, ymax = (as_number(bb.findtext(t), source, f"{where}.bndbox.{t}") for t in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
+        labels.append(class_to_label[name])
+        difficult.append(_flag(obj, "difficult", source, f"{where}.difficult"))
+        truncated.append(_flag(obj, "truncated", source, f"{where}.truncated"))
+        index.append(k)
+    return {
+        "height": int(height),
+        "width": int(width),
+        "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
+        "labels": np.asarray(labels, np.int64),
+        "difficult": np.asarray(difficult, bool),
+        "truncated": np.asarray(truncated, bool),
+        "index": np.asarray(index, np.int64),
+        "unknown": unknown,
+    }
+
+
+class VOCDataset(AnnotatedDataset):
+    """One split of a VOC-format "year" folder.
+
+    Args:
+        year_dir: the folder holding ``JPEGImages``, ``Annotations``, ``ImageSets``, ...
+        split: image-set name (``ImageSets/Main/<split>.txt`` for detection,
+            ``ImageSets/Segmentation/<split>.txt`` for semantic / instance).
+        task: ``detection`` (XML boxes), ``instance`` (XML boxes + SegmentationObject masks, object k of
+            the PNG = k-th XML object) or ``semantic`` (SegmentationClass label maps).
+        class_names: K names; label = position + 1 (and the SegmentationClass value).
+        keep_difficult: keep ``difficult`` objects (flagged) in the targets; False drops them.
+        on_unknown_class: ``error`` or ``skip`` (counted in ``stats``).
+    """
+
+    def __init__(
+        self,
+        year_dir: str | Path,
+        split: str,
+        task: Task = "detection",
+        class_names: Sequence[str] = VOC_CLASSES,
+        augment: Sequence[dict[str, Any]] | None = None,
+        keep_difficult: bool = True,
+        on_unknown_class: OnUnknown = "error",
+        name: str | None = None,
+    ) -> None:
+        check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
+        self.year_dir = Path(year_dir)
+        self.split = split
+        class_to_label = {n: i for i, n in enumerate(class_names, start=1)}
+        sets = "Main" if task == "detection" else "Segmentation"
+        stems = read_image_set(self.year_dir, sets, split)
+        image_dir = self.year_dir / "JPEGImages"
+        source = str(self.year_dir / "ImageSets" / sets / f"{split}.txt")
+        stats = new_stats()
+        unknown: list[str] = []
+        records: list[ImageRecord] = []
+        index = ImageIndex()
+        for i, stem in enumerate(stems, start=1):
+            file_name = f"{stem}.jpg"
+            path = safe_image_path(image_dir, file_name, source, f"line {i}")
+            rec = ImageRecord(image_id=i, file_name=file_name, path=path, height=-1, width=-1, **ImageRecord.empty_arrays())
+            if task == "semantic":
+                rec.mask_path = self.year_dir / "SegmentationClass" / f"{stem}.png"
+            else:
+                ann = parse_voc_xml(self.year_dir / "Annotations" / f"{stem}.xml", class_to_label, on_unknown_class)
+                unknown += ann["unknown"]
+                stats["unknown_class_skipped"] += len(ann["unknown"])
+                rec.height, rec.width = ann["height"], ann["width"]
+                boxes, changed, valid = clip_boxes(ann["boxes"], rec.height, rec.width)
+                stats["clipped"] += int((changed & valid).sum())
+                stats["degenerate_dropped"] += int((~valid).sum())
+                rec.boxes, rec.labels = boxes, ann["labels"]
+                rec.difficult, rec.truncated = ann["difficult"], ann["truncated"]
+                rec.iscrowd = np.zeros(len(boxes), bool)
+                rec.source_index = ann["index"]
+                keep = valid.copy()
+                if not keep_difficult:
+                    stats["difficult_excluded"] += int((valid & rec.difficult).sum())
+                    keep &= ~rec.difficult
+                rec.select(keep)
+                if task == "instance":
+                    rec.mask_path = self.year_dir / "SegmentationObject" / f"{stem}.png"
+            records.append(rec)
+        index.require((r.path for r in records), source)
+        if task != "detection":
+            index.require((r.mask_path for r in records if r.mask_path is not None), source)
+        super().__init__(
+            records, class_names, task, augment, name or f"VOC {self.year_dir.name} {split} ({task})", stats, unknown
+        )
+
+    def _read_png(self, path: Path) -> np.ndarray:
+        try:
+            return read_label_png(path)
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: label PNG not found") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DatasetError(f"{path}: corrupt or unsupported label PNG ({exc})") from None
+
+    def instance_masks(self, rec: ImageRecord) -> np.ndarray:
+        assert rec.mask_path is not None
+        objects = self._read_png(rec.mask_path)
+        return (objects[None, :, :] == rec.source_index[:, None, None]).astype(np.uint8)
+
+    def semantic_map(self, rec: ImageRecord) -> np.ndarray:
+        assert rec.mask_path is not None
+        sem = self._read_png(rec.mask_path)
+        bad = np.setdiff1d(np.unique(sem), np.r_[np.arange(len(self.class_names) + 1), IGNORE_INDEX])
+        if bad.size:
+            raise DatasetError(
+                f"{rec.mask_path}: label values {bad.tolist()} are neither 0, a class index 1..{len(self.class_names)} nor 255"
+            )
+        return sem
+
+
+class VOCDataModule(BaseDataModule):
+    """Pascal VOC (or any VOC-format folder) for detection, semantic or instance segmentation.
+
+    Args:
+        root: a ``VOCdevkit`` folder (``VOC<year>`` inside), its parent, or the year folder itself.
+        year: ``"2007"`` ... ``"2012"``; picks ``VOC<year>`` under ``root`` (and the download).
+        train_split, val_split: image-set names (``ImageSets/Main`` for detection,
+            ``ImageSets/Segmentation`` otherwise). VOC2007 has ``test``; VOC2012 use ``val_split: val``.
+        test_split: image set for ``trainer.test``; ``None`` tests on ``val_split``.
+        task: ``detection`` | ``semantic`` | ``instance``.
+        keep_difficult_in_train: keep ``difficult`` objects in training targets (default: dropped).
+            Validation / test targets always keep them, flagged, for VOC-style evaluation.
+        on_unknown_class: ``error`` (default) or ``skip`` objects whose class is not in ``class_names``.
+        class_names: for VOC-format datasets with other classes; default the 20 VOC classes.
+        download: fetch the tarballs with torchvision's VOC downloader in ``prepare_data`` when a split
+            is missing (off by default).
+        batch_size, num_workers, pin_memory, persistent_workers, drop_last: DataLoader settings.
+        train_augment, eval_augment: lists of ``{"name": <albumentations class>, **kwargs}``.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/VOCdevkit",
+        year: str = "2007",
+        train_split: str = "trainval",
+        val_split: str = "test",
+        test_split: str | None = None,
+        task: Task = "detection",
+        keep_difficult_in_train: bool = False,
+        on_unknown_class: OnUnknown = "error",
+        class_names: list[str] | None = None,
+        download: bool = False,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        train_augment: list[dict[str, Any]] | None = None,
+        eval_augment: list[dict[str, Any]] | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last)
+        check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
+        self.save_hyperparameters()
+        self.root = root
+        self.year = str(year)
+        self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
+        self.keep_difficult_in_train = keep_difficult_in_train
+        self.on_unknown_class = on_unknown_class
+        self.download = download
+        if class_names is not None and len(set(class_names)) != len(class_names):
+            raise ValueError(f"class_names has duplicates: {class_names}")
+        self._class_names = tuple(class_names) if class_names else VOC_CLASSES
+
+    def _load_class_names(self) -> Sequence[str]:
+        return VOC_CLASSES
+
+    def _same_val_test(self) -> bool:
+        return self.splits["test"] == self.splits["val"]
+
+    @property
+    def year_dir(self) -> Path:
+        return resolve_voc_root(self.root, self.year)
+
+    def prepare_data(self) -> None:
+        if not self.download:
+            return
+        import torchvision.datasets as tvd
+
+        root = Path(self.root)
+        # torchvision extracts into <dir>/VOCdevkit/VOC<year>: find <dir> from what root points at
+        if root.name == f"VOC{self.year}" and root.parent.name == "VOCdevkit":
+            base = root.parent.parent
+        elif root.name == "VOCdevkit":
+            base = root.parent
+        else:
+            base = root
+        sets = "Main" if self.task == "detection" else "Segmentation"
+        cls = tvd.VOCDetection if self.task == "detection" else tvd.VOCSegmentation
+        for split in dict.fromkeys(self.splits.values()):
+            try:
+                if (resolve_voc_root(self.root, self.year) / "ImageSets" / sets / f"{split}.txt").is_file():
+                    continue
+            except DatasetError:
+                pass
+            cls(root=str(base), year=self.year, image_set=split, download=True)
+
+    def _make_dataset(self, split: Literal["train", "val", "test"]) -> VOCDataset:
+        name = self.splits[split]
+        return VOCDataset(
+            self.year_dir,
+            name,
+            task=self.task,
+            class_names=self.class_names,
+            augment=self.augment_for(split),
+            keep_difficult=self.keep_difficult_in_train if split == "train" else True,
+            on_unknown_class=self.on_unknown_class,
+            name=f"VOC{self.year} {name} ({self.task}, {split})",
+        )
