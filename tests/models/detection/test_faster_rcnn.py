@@ -1,0 +1,137 @@
+import pytest
+import torch
+from torchvision.models.detection.image_list import ImageList
+
+from models.detection.faster_rcnn import FasterRCNN, anchor_generator
+from models.parts.pretrain import cache_path
+
+K = 3
+
+
+def anchors_for(generator, image_size: int, feature_sizes: list[int]) -> torch.Tensor:
+    images = ImageList(torch.zeros(1, 3, image_size, image_size), [(image_size, image_size)])
+    features = [torch.zeros(1, 8, s, s) for s in feature_sizes]
+    return generator(images, features)[0]
+
+
+def test_anchors_of_the_shapes_config_tile_the_stride_grid():
+    # one stride-16 map of a 128 px image, sizes 16/32/64 x ratios 0.5/1/2: 9 anchors at each of 8 x 8 points
+    generator = anchor_generator((16, 32, 64), (0.5, 1.0, 2.0), num_levels=1)
+    assert generator.num_anchors_per_location() == [9]
+    anchors = anchors_for(generator, 128, [8]).reshape(8, 8, 9, 4)  # (y, x, anchor, xyxy)
+    centres = (anchors[..., :2] + anchors[..., 2:]) / 2
+    grid = torch.arange(8.0) * 16
+    assert torch.allclose(centres[..., 0], grid[None, :, None].expand(8, 8, 9))
+    assert torch.allclose(centres[..., 1], grid[:, None, None].expand(8, 8, 9))
+    sizes = anchors[0, 0, :, 2:] - anchors[0, 0, :, :2]
+    areas, ratios = sizes.prod(1), sizes[:, 1] / sizes[:, 0]
+    # torchvision orders them ratio-major: (0.5: 16, 32, 64), (1: 16, 32, 64), (2: ...); sides are rounded
+    assert torch.allclose(areas.sqrt(), torch.tensor([16.0, 32, 64]).repeat(3), rtol=0.05)
+    assert torch.allclose(ratios, torch.tensor([0.5, 1.0, 2.0]).repeat_interleave(3), rtol=0.1)
+
+
+def test_fpn_anchors_put_one_size_on_each_level():
+    generator = anchor_generator((16, 32, 64), (0.5, 1.0, 2.0), num_levels=3)
+    assert generator.num_anchors_per_location() == [3, 3, 3]
+    anchors = anchors_for(generator, 128, [16, 8, 4])
+    assert len(anchors) == 3 * (16 * 16 + 8 * 8 + 4 * 4)
+    side = (anchors[:, 2:] - anchors[:, :2]).prod(1).sqrt()
+    assert torch.allclose(side[: 3 * 256], torch.full((3 * 256,), 16.0), rtol=0.1)
+    assert torch.allclose(side[-3 * 16 :], torch.full((3 * 16,), 64.0), rtol=0.1)
+    with pytest.raises(ValueError, match="one anchor size per level"):
+        anchor_generator((16, 32), (1.0,), num_levels=3)
+
+
+def test_course_rpn_example_640_by_480():
+    # slides 50-52: a 3 x 640 x 480 image, a stride-32 backbone -> 512 x 20 x 15 features and, for one
+    # anchor of fixed size at each point, a 1 x 20 x 15 objectness map (and 4 x 20 x 15 box deltas)
+    torch.manual_seed(0)
+    model = FasterRCNN(
+        num_classes=K, backbone="resnet18", return_layers=("c5",), anchor_sizes=(128,), anchor_ratios=(1.0,), min_size=480, max_size=640
+    ).eval()
+    with torch.no_grad():
+        images, _ = model.detector.transform([torch.rand(3, 640, 480)])
+        assert images.tensors.shape == (1, 3, 640, 480)  # no resize
+        features = model.detector.backbone(images.tensors)
+        assert features["c5"].shape == (1, 512, 20, 15)
+        objectness, deltas = model.detector.rpn.head(list(features.values()))
+    assert objectness[0].shape == (1, 1, 20, 15)
+    assert deltas[0].shape == (1, 4, 20, 15)
+
+
+def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, 3])}]
+    targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
+    return targets[:n]
+
+
+@pytest.mark.parametrize("fpn", [False, True])
+def test_forward_train_and_eval(fpn):
+    torch.manual_seed(0)
+    extra = dict(return_layers=("c3", "c4", "c5"), fpn=True, fpn_channels=32, roi_canonical_scale=64) if fpn else {}
+    model = FasterRCNN(num_classes=K, **extra)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    model.train()
+    losses = model(images, targets_for(2))
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.detector.rpn.head.cls_logits.weight.grad is not None
+
+    model.eval()
+    model.stage_timer.enabled = True
+    with torch.no_grad():
+        predictions = model(images)
+    assert len(predictions) == 2
+    for p in predictions:
+        assert set(p) == {"boxes", "labels", "scores"}
+        assert len(p["boxes"]) <= 100
+        assert ((p["labels"] >= 1) & (p["labels"] <= K)).all()
+        assert (p["boxes"] >= 0).all() and (p["boxes"] <= 128).all()
+    assert set(model.stage_times_ms()) == {"backbone", "proposals", "per_region_head", "postprocess"}
+
+
+def test_rpn_keeps_the_configured_number_of_proposals():
+    torch.manual_seed(0)
+    model = FasterRCNN(num_classes=K, rpn_post_nms_top_n_test=20, rpn_nms_thresh=1.0).eval()
+    with torch.no_grad():
+        images, _ = model.detector.transform([torch.rand(3, 128, 128)])
+        proposals, _ = model.detector.rpn(images, model.detector.backbone(images.tensors))
+    assert proposals[0].shape == (20, 4)
+
+
+def test_shapes_weights_need_a_data_root():
+    with pytest.raises(ValueError, match="data_root"):
+        FasterRCNN(num_classes=K, weights="shapes")
+
+
+def test_shapes_weights_are_loaded_at_setup_fit(tiny_shapes_dataset):
+    model = FasterRCNN(num_classes=K, weights="shapes", data_root=str(tiny_shapes_dataset))
+    model.setup("test")  # testing from a checkpoint never pretrains
+    assert model.detector.backbone.body.deferred_shapes_weights is not None
+    model.setup("fit")
+    saved = torch.load(cache_path(tiny_shapes_dataset, "small_cnn"), weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.detector.backbone.body.state_dict().items())
+
+
+def test_short_fit_lowers_the_loss():
+    torch.manual_seed(0)
+    model = FasterRCNN(num_classes=K, rpn_batch_size=64, box_batch_size=32)
+    g = torch.Generator().manual_seed(0)
+    images = []
+    for _ in range(2):
+        image = torch.rand(3, 128, 128, generator=g) * 0.3
+        image[:, 12:40, 10:50] = 0.9
+        image[:, 60:110, 60:120] = 0.0
+        images.append(image)
+    targets = [targets_for(1)[0]] * 2
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    history = []
+    for _ in range(30):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5
