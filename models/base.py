@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from metrics import DetectionMetrics, SegmentationMetrics
+from models.parts.pretrain import load_deferred_shapes_weights
 from models.parts.timing import StageTimer
 
 Protocol = Literal["lecture", "voc07", "voc", "coco"]
@@ -60,6 +61,13 @@ class TaskModule(pl.LightningModule):
             raise ValueError(f"{len(self.class_names)} class_names for num_classes={num_classes}")
         self.stage_timer = StageTimer()
         self.skipped_nonfinite_steps = 0
+
+    def setup(self, stage: str) -> None:
+        """Load ``weights: shapes`` backbones now that the DataModule has generated the dataset. Lightning
+        restores a checkpoint after this, so resuming keeps the trained weights."""
+        if stage == "fit":
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            load_deferred_shapes_weights(self, default_root=getattr(datamodule, "root", None))
 
     # ----------------------------------------------------------------- training
     def compute_losses(self, batch: Any) -> dict[str, Tensor]:

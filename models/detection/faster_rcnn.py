@@ -27,7 +27,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from models.base import DetectionModule
 from models.parts.backbones import Backbone
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_deferred_shapes_weights, load_pretrained_body
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
 from models.registry import register_model
 
@@ -136,10 +136,6 @@ class FasterRCNN(DetectionModule):
         self.stage_timer.instrument(self.detector.rpn, "proposals")
         self.stage_timer.instrument(self.detector.roi_heads, "per_region_head")
         time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":  # the DataModule has generated the dataset by now
-            load_deferred_shapes_weights(self)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         return self.detector(images, targets)

@@ -21,7 +21,7 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler,
 from torchvision.ops import batched_nms, box_iou
 
 from models.base import DetectionModule
-from models.parts.pretrain import CropClassifier, crop_windows, load_deferred_shapes_weights, load_pretrained_body, normalize
+from models.parts.pretrain import CropClassifier, crop_windows, load_pretrained_body, normalize
 from models.registry import register_model
 
 
@@ -130,10 +130,6 @@ class SlidingWindow(DetectionModule):
             grid = sliding_windows((height, width), self.window_sizes, self.aspect_ratios, self.stride_fraction)
             self._windows[key] = grid.to(image.device)
         return self._windows[key]
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":  # the DataModule has generated the dataset by now
-            load_deferred_shapes_weights(self)
 
     def on_train_start(self) -> None:
         self.log("num_windows", float(self.num_windows))

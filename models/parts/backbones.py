@@ -194,6 +194,15 @@ def build_backbone(
     fpn_channels: int = 64,
     fpn_extra: Literal["none", "maxpool", "p6p7"] = "none",
     channels: Sequence[int] | None = None,
+    data_root: str | None = None,
 ) -> Backbone:
-    """Build a :class:`Backbone` by name (see :data:`BACKBONES`)."""
-    return Backbone(build_body(name, weights, channels), return_layers, fpn, fpn_channels, fpn_extra)
+    """Build a :class:`Backbone` by name (see :data:`BACKBONES`).
+
+    ``weights: shapes`` marks the small CNN for the embedded dataset's pretraining
+    (:mod:`models.parts.pretrain`); the weights are loaded when training starts (``TaskModule.setup``),
+    from ``data_root`` or else the DataModule's root, since the dataset may not exist before then.
+    """
+    from models.parts.pretrain import load_pretrained_body  # pretrain imports build_body from here
+
+    body = load_pretrained_body(name, weights, data_root, channels, defer=True)
+    return Backbone(body, return_layers, fpn, fpn_channels, fpn_extra)

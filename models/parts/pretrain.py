@@ -291,24 +291,30 @@ def load_pretrained_body(
     """
     if weights != "shapes":
         return build_body(name, weights, channels)
-    if data_root is None:
+    if data_root is None and not defer:
         raise ValueError("weights: shapes needs data_root, the folder of the generated shapes dataset")
     body = build_body(name, None, channels)
     if defer:
-        body.deferred_shapes_weights = (name, str(data_root), tuple(channels) if channels else None)
+        root = str(data_root) if data_root is not None else None  # None: the DataModule's root at setup
+        body.deferred_shapes_weights = (name, root, tuple(channels) if channels else None)
     else:
         load_shapes_weights(body, name, data_root, channels)
     return body
 
 
-def load_deferred_shapes_weights(model: nn.Module) -> list[PretrainResult]:
+def load_deferred_shapes_weights(model: nn.Module, default_root: str | Path | None = None) -> list[PretrainResult]:
     """Load the shapes weights of every body in ``model`` marked by ``load_pretrained_body(defer=True)``,
-    once (the mark is cleared, so a later fit continues from the trained weights)."""
+    once (the mark is cleared, so a later fit continues from the trained weights). A body marked without
+    a data root uses ``default_root`` (the DataModule's root)."""
     results = []
     for module in model.modules():
         deferred = getattr(module, "deferred_shapes_weights", None)
         if deferred is not None:
             name, data_root, channels = deferred
+            data_root = data_root or default_root
+            if data_root is None:
+                raise ValueError("weights: shapes needs the generated shapes dataset: set the model's data_root "
+                                 "or train with a DataModule that has a `root`")
             results.append(load_shapes_weights(module, name, data_root, channels))
             module.deferred_shapes_weights = None
     return results

@@ -100,9 +100,21 @@ def test_rpn_keeps_the_configured_number_of_proposals():
     assert proposals[0].shape == (20, 4)
 
 
-def test_shapes_weights_need_a_data_root():
+def test_shapes_weights_need_a_data_root_at_fit():
+    model = FasterRCNN(num_classes=K, weights="shapes")  # no data_root and no DataModule to take it from
     with pytest.raises(ValueError, match="data_root"):
-        FasterRCNN(num_classes=K, weights="shapes")
+        model.setup("fit")
+
+
+def test_shapes_weights_take_the_datamodule_root(tiny_shapes_dataset):
+    class Trainer:
+        datamodule = type("DM", (), {"root": str(tiny_shapes_dataset)})()
+
+    model = FasterRCNN(num_classes=K, weights="shapes")
+    model._trainer = Trainer()
+    model.setup("fit")
+    saved = torch.load(cache_path(tiny_shapes_dataset, "small_cnn"), weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.detector.backbone.body.state_dict().items())
 
 
 def test_shapes_weights_are_loaded_at_setup_fit(tiny_shapes_dataset):
