@@ -110,11 +110,12 @@ def build(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, budget_s
         "trainer.deterministic": False,
     }
     if budget_s is not None:
-        overrides["trainer.max_time"] = {"seconds": float(budget_s)}
+        seconds = int(math.ceil(budget_s))
+        overrides["trainer.max_time"] = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     overrides.update(spec.get("overrides") or {})
     overrides.update(entry.overrides)
     config = entry.config if entry.config.is_absolute() else REPO_ROOT / entry.config
-    cli_args = ["--config", str(config)] + [f"--{k}={json.dumps(v)}" for k, v in overrides.items()]
+    cli_args = ["--config", str(config)] + [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
     return train_cli(args=cli_args, run=False)
 
 
@@ -267,6 +268,8 @@ def run_entry(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out:
     progress.set_postfix_str(f"{entry.run}: latency")
     row["gflops"] = count_gflops(model, _single(model, images[0]))
     row.update(measure_test_latency(model, images, warmup=int(spec.get("latency_warmup", 3))))
+    if hasattr(model, "num_proposals"):  # R-CNN / Fast R-CNN: mean Selective Search boxes per image
+        row["num_proposals"] = round(float(model.num_proposals), 1)
     n_show = min(int(spec.get("example_images", 4)), len(val))
     examples = {"predictions": predict_examples(model, images[:n_show] if n_show <= n_lat else [val[i][0].to(device) for i in range(n_show)])}
     examples["curves"] = curves

@@ -1,3 +1,3 @@
 """Detectors (registered on import)."""
 
-from models.detection import faster_rcnn, fcos, sliding_window  # noqa: F401
+from models.detection import fast_rcnn, faster_rcnn, fcos, rcnn, sliding_window  # noqa: F401

@@ -1,0 +1,158 @@
+"""Fast R-CNN (Girshick, ICCV 2015): R-CNN with the CNN run once per image (course slides 33-40).
+
+The whole image goes through the backbone once; each Selective Search proposal is cropped from the
+feature map by RoI pooling (Sec. 2.1) to 7 x 7 and passed through two FC layers to a softmax over K+1
+classes and class-specific box deltas (:mod:`models.parts.roi_heads`). The network trains end to end
+with the multi-task loss (Sec. 2.3) on mini-batches of R RoIs from N images, a quarter foreground
+(IoU >= 0.5), the rest background (IoU in [0.1, 0.5)). Test: one backbone pass, the head on every
+proposal, per-class NMS. Only the per-region work grows with the number of proposals, which is why it
+runs at 0.32 s per image where R-CNN takes 47 s (Table 4; both excluding Selective Search's ~2 s).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import Tensor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from models.base import DetectionModule
+from models.parts.backbones import Backbone
+from models.parts.box_coding import BoxCoder
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body, load_shapes_weights
+from models.parts.proposals import RoISampler
+from models.parts.roi_heads import FastRCNNHead, RoIPool, fast_rcnn_loss, postprocess_detections
+from models.parts.selective_search import SelectiveSearch, cache_dir_beside, precompute_for_datamodule
+from models.registry import register_model
+
+
+@register_model("fast_rcnn", family="two_stage")
+class FastRCNN(DetectionModule):
+    """Fast R-CNN on Selective Search proposals over the ``return_layer`` map of ``backbone``.
+
+    Args:
+        backbone, weights, data_root: the network and its initialisation (``weights: shapes`` pretrains
+            it on the embedded dataset in ``data_root``, see :mod:`models.parts.pretrain`); ``data_root``
+            also places the proposal cache beside the data.
+        return_layer: the feature map the RoIs are pooled from (``c3``: stride 8, ``c4``: stride 16 as
+            VGG16's conv5_3 in the paper).
+        roi_op, roi_output_size: ``pool`` (RoI max pooling, the paper) or ``align``; the 7 x 7 grid.
+        representation_size: width of fc6 and fc7 (4096 in VGG16).
+        proposal_mode, max_proposals, min_proposal_size, proposal_cache_dir: Selective Search
+            (:class:`models.parts.selective_search.SelectiveSearch`; the paper: ``quality``, 2000).
+        precompute_proposals, proposal_workers: segment the train and val splits before training (into
+            the cache), with this many processes.
+        rois_per_image, positive_fraction, fg_iou, bg_iou_low: R / N RoIs per image, a quarter with
+            IoU >= 0.5, the others with IoU in [bg_iou_low, fg_iou) (Sec. 2.3: 128 / 2, 0.25, 0.5, 0.1).
+        smooth_l1_beta: the smooth L1 loss's switch point (Eq. 3: 1).
+        score_thresh, nms_thresh, detections_per_img: test-time decoding (per-class NMS at IoU 0.3).
+        min_size, max_size: the image's shorter/longer side after resizing (Sec. 3.1: 600 / 1000;
+            128 keeps the embedded images as they are).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "small_cnn",
+        weights: str | None = None,
+        data_root: str | None = None,
+        return_layer: str = "c3",
+        roi_op: Literal["pool", "align"] = "pool",
+        roi_output_size: int = 7,
+        representation_size: int = 256,
+        proposal_mode: Literal["fast", "quality"] = "fast",
+        max_proposals: int = 2000,
+        min_proposal_size: float = 4.0,
+        proposal_cache_dir: str | None = None,
+        precompute_proposals: bool = True,
+        proposal_workers: int = 1,
+        rois_per_image: int = 64,
+        positive_fraction: float = 0.25,
+        fg_iou: float = 0.5,
+        bg_iou_low: float = 0.1,
+        smooth_l1_beta: float = 1.0,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.3,
+        detections_per_img: int = 100,
+        min_size: int = 128,
+        max_size: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if weights == "shapes" and data_root is None:
+            raise ValueError("weights: shapes needs data_root, the folder of the generated shapes dataset")
+        # weights: shapes needs the generated dataset, which exists from setup("fit") on: loaded there.
+        self.shapes_weights_source = (backbone, data_root) if weights == "shapes" else None
+        body = load_pretrained_body(backbone, None if weights == "shapes" else weights)
+        self.backbone = Backbone(body, [return_layer])
+        self.return_layer = return_layer
+        self.transform = GeneralizedRCNNTransform(min_size, max_size, IMAGE_MEAN, IMAGE_STD)
+        roi_pool = RoIPool(roi_output_size, 1.0 / self.backbone.strides[0], roi_op)
+        self.head = FastRCNNHead(self.backbone.out_channels, self.num_classes + 1, roi_pool, representation_size)
+        self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.sampler = RoISampler(rois_per_image, positive_fraction, fg_iou, (bg_iou_low, fg_iou), self.box_coder)
+        self.selective_search = SelectiveSearch(
+            proposal_mode, max_proposals, min_proposal_size, cache_dir=proposal_cache_dir or cache_dir_beside(data_root)
+        )
+        self.precompute_proposals, self.proposal_workers = precompute_proposals, proposal_workers
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        self.proposals_seen, self.images_seen = 0, 0
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if self.hparams.proposal_cache_dir is None and self.hparams.data_root is None and hasattr(datamodule, "root"):
+            self.selective_search.cache_dir = cache_dir_beside(datamodule.root)
+        if stage != "fit":
+            return
+        if self.shapes_weights_source is not None:
+            name, data_root = self.shapes_weights_source
+            load_shapes_weights(self.backbone.body, name, data_root)
+            self.shapes_weights_source = None  # once: a second fit continues from the trained weights
+        if self.precompute_proposals and datamodule is not None:
+            precompute_for_datamodule(self.selective_search, datamodule, self.proposal_workers)
+
+    @property
+    def num_proposals(self) -> float:
+        """Mean proposals per image over the evaluated images so far."""
+        return self.proposals_seen / max(1, self.images_seen)
+
+    def propose(self, images: list[Tensor]) -> list[Tensor]:
+        """Selective Search boxes per image. A timed pass always segments (no cache read), so that the
+        ``proposals`` stage shows what a new image costs."""
+        with self.stage_timer.stage("proposals"):
+            return [self.selective_search(image, use_cache=not self.stage_timer.enabled) for image in images]
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, proposals: list[Tensor] | None = None
+    ) -> Any:
+        """Losses (train) or detections (eval); ``proposals`` (xyxy per image) skip Selective Search."""
+        if self.training and targets is None:
+            raise ValueError("targets are needed in training mode")
+        proposals = self.propose(images) if proposals is None else proposals
+        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        image_list, targets = self.transform(images, targets)
+        proposals = [resize_boxes(p, o, s) for p, o, s in zip(proposals, original_sizes, image_list.image_sizes)]
+        with self.stage_timer.stage("backbone"):
+            features = self.backbone(image_list.tensors)[self.return_layer]
+        if self.training:
+            rois = self.sampler(proposals, targets)
+            class_logits, box_deltas = self.head(features, rois.boxes)
+            return fast_rcnn_loss(class_logits, box_deltas, rois.labels, rois.regression_targets, smooth_l1_beta=self.smooth_l1_beta)
+        with self.stage_timer.stage("per_region_head"):
+            class_logits, box_deltas = self.head(features, proposals)
+        with self.stage_timer.stage("nms"):
+            counts = [len(p) for p in proposals]
+            detections = [
+                postprocess_detections(
+                    scores, deltas, boxes, size, self.box_coder, self.score_thresh, self.nms_thresh, self.detections_per_img
+                )
+                for scores, deltas, boxes, size in zip(
+                    class_logits.softmax(-1).split(counts), box_deltas.split(counts), proposals, image_list.image_sizes
+                )
+            ]
+        self.proposals_seen += sum(counts)
+        self.images_seen += len(images)
+        return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+    def set_nms_iou(self, iou: float) -> None:
+        self.nms_thresh = iou
