@@ -13,21 +13,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from models.base import DetectionModule
 from models.parts.backbones import Backbone
 from models.parts.box_coding import BoxCoder
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body, load_shapes_weights
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.proposals import RoISampler
 from models.parts.roi_heads import FastRCNNHead, RoIPool, fast_rcnn_loss, postprocess_detections
-from models.parts.selective_search import SelectiveSearch, cache_dir_beside, precompute_for_datamodule
+from models.detection.proposal_detector import SelectiveSearchDetector
+from models.parts.selective_search import SelectiveSearch, cache_dir_beside
 from models.registry import register_model
 
 
 @register_model("fast_rcnn", family="two_stage")
-class FastRCNN(DetectionModule):
+class FastRCNN(SelectiveSearchDetector):
     """Fast R-CNN on Selective Search proposals over the ``return_layer`` map of ``backbone``.
 
     Args:
@@ -98,29 +98,8 @@ class FastRCNN(DetectionModule):
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.proposals_seen, self.images_seen = 0, 0
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if self.hparams.proposal_cache_dir is None and self.hparams.data_root is None and hasattr(datamodule, "root"):
-            self.selective_search.cache_dir = cache_dir_beside(datamodule.root)
-        if stage != "fit":
-            return
-        if self.shapes_weights_source is not None:
-            name, data_root = self.shapes_weights_source
-            load_shapes_weights(self.backbone.body, name, data_root)
-            self.shapes_weights_source = None  # once: a second fit continues from the trained weights
-        if self.precompute_proposals and datamodule is not None:
-            precompute_for_datamodule(self.selective_search, datamodule, self.proposal_workers)
-
-    @property
-    def num_proposals(self) -> float:
-        """Mean proposals per image over the evaluated images so far."""
-        return self.proposals_seen / max(1, self.images_seen)
-
-    def propose(self, images: list[Tensor]) -> list[Tensor]:
-        """Selective Search boxes per image. A timed pass always segments (no cache read), so that the
-        ``proposals`` stage shows what a new image costs."""
-        with self.stage_timer.stage("proposals"):
-            return [self.selective_search(image, use_cache=not self.stage_timer.enabled) for image in images]
+    def pretrained_body(self) -> nn.Module:
+        return self.backbone.body
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, proposals: list[Tensor] | None = None

@@ -25,12 +25,12 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import box_iou
 
-from models.base import DetectionModule
 from models.parts.box_coding import BoxCoder
-from models.parts.pretrain import crop_windows, load_pretrained_body, load_shapes_weights, normalize
+from models.parts.pretrain import crop_windows, load_pretrained_body, normalize
 from models.parts.proposals import RoISampler
 from models.parts.roi_heads import fast_rcnn_loss, postprocess_detections
-from models.parts.selective_search import SelectiveSearch, cache_dir_beside, precompute_for_datamodule
+from models.detection.proposal_detector import SelectiveSearchDetector
+from models.parts.selective_search import SelectiveSearch, cache_dir_beside
 from models.registry import register_model
 
 
@@ -93,7 +93,7 @@ def svm_hinge_loss(scores: Tensor, targets: Tensor) -> Tensor:
 
 
 @register_model("rcnn", family="two_stage")
-class RCNN(DetectionModule):
+class RCNN(SelectiveSearchDetector):
     """R-CNN: every Selective Search proposal warped to ``crop_size`` and classified by its own CNN pass.
 
     Args:
@@ -172,29 +172,8 @@ class RCNN(DetectionModule):
         self.region_batch = region_batch
         self.proposals_seen, self.images_seen = 0, 0
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if self.hparams.proposal_cache_dir is None and self.hparams.data_root is None and hasattr(datamodule, "root"):
-            self.selective_search.cache_dir = cache_dir_beside(datamodule.root)
-        if stage != "fit":
-            return
-        if self.shapes_weights_source is not None:
-            name, data_root = self.shapes_weights_source
-            load_shapes_weights(self.cnn.body, name, data_root)
-            self.shapes_weights_source = None  # once: a second fit continues from the trained weights
-        if self.precompute_proposals and datamodule is not None:
-            precompute_for_datamodule(self.selective_search, datamodule, self.proposal_workers)
-
-    @property
-    def num_proposals(self) -> float:
-        """Mean proposals (CNN passes) per image over the evaluated images so far."""
-        return self.proposals_seen / max(1, self.images_seen)
-
-    def propose(self, images: list[Tensor]) -> list[Tensor]:
-        """Selective Search boxes per image. A timed pass always segments (no cache read), so that the
-        ``proposals`` stage shows what a new image costs."""
-        with self.stage_timer.stage("proposals"):
-            return [self.selective_search(image, use_cache=not self.stage_timer.enabled) for image in images]
+    def pretrained_body(self) -> nn.Module:
+        return self.cnn.body
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, proposals: list[Tensor] | None = None
