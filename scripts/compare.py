@@ -31,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
@@ -119,26 +120,19 @@ def build(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, budget_s
     return train_cli(args=cli_args, run=False)
 
 
-class ThroughputMeter:
+class ThroughputMeter(pl.Callback):
     """Counts training images and the seconds spent in training batches (data loading included)."""
 
     def __init__(self) -> None:
-        import pytorch_lightning as pl
+        self.images, self.seconds, self._t = 0, 0.0, 0.0
 
-        class _Callback(pl.Callback):
-            def on_train_epoch_start(cb, trainer, pl_module):  # noqa: N805
-                self._t = time.perf_counter()
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t = time.perf_counter()
 
-            def on_train_batch_end(cb, trainer, pl_module, outputs, batch, batch_idx):  # noqa: N805
-                self.images += len(batch[0])
-                now = time.perf_counter()
-                self.seconds += now - self._t
-                self._t = now
-
-        self.callback = _Callback()
-        self.images = 0
-        self.seconds = 0.0
-        self._t = 0.0
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.images += len(batch[0])
+        now = time.perf_counter()
+        self.seconds, self._t = self.seconds + now - self._t, now
 
     @property
     def img_per_s(self) -> float:
@@ -246,7 +240,7 @@ def run_entry(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out:
     else:
         progress.set_postfix_str(f"{entry.run}: train ({budget:.0f} s budget)" if budget else f"{entry.run}: train")
         meter = ThroughputMeter()
-        trainer.callbacks.append(meter.callback)
+        trainer.callbacks.append(meter)
         t0 = time.perf_counter()
         trainer.fit(model, datamodule=dm)
         row["train_s"] = time.perf_counter() - t0
@@ -597,7 +591,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     md = write_results(rows, out, spec, published, header)
     plot_speed_accuracy(rows, out / "speed_accuracy.png")
     if examples:
-        example_data = _example_inputs(spec, entries, args, len(next(iter(examples.values()))["predictions"]))
+        example_data = _example_inputs(spec, len(next(iter(examples.values()))["predictions"]))
         if example_data is not None:
             images, targets, class_names = example_data
             for task in ("detection", "semantic"):
@@ -615,7 +609,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _example_inputs(spec: dict[str, Any], entries: list[Entry], args: argparse.Namespace, n: int) -> Any:
+def _example_inputs(spec: dict[str, Any], n: int) -> Any:
     """The first ``n`` validation images with detection and semantic ground truth, for the grid."""
     from datamodules import ShapesDataModule
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from models.parts.backbones import Backbone
@@ -78,11 +78,7 @@ class FastRCNN(SelectiveSearchDetector):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if weights == "shapes" and data_root is None:
-            raise ValueError("weights: shapes needs data_root, the folder of the generated shapes dataset")
-        # weights: shapes needs the generated dataset, which exists from setup("fit") on: loaded there.
-        self.shapes_weights_source = (backbone, data_root) if weights == "shapes" else None
-        body = load_pretrained_body(backbone, None if weights == "shapes" else weights)
+        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded at setup("fit")
         self.backbone = Backbone(body, [return_layer])
         self.return_layer = return_layer
         self.transform = GeneralizedRCNNTransform(min_size, max_size, IMAGE_MEAN, IMAGE_STD)
@@ -97,9 +93,6 @@ class FastRCNN(SelectiveSearchDetector):
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.proposals_seen, self.images_seen = 0, 0
-
-    def pretrained_body(self) -> nn.Module:
-        return self.backbone.body
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, proposals: list[Tensor] | None = None

@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from models.base import DetectionModule
-from models.parts.pretrain import load_shapes_weights
 from models.parts.selective_search import SelectiveSearch, cache_dir_beside, precompute_for_datamodule
 
 
 class SelectiveSearchDetector(DetectionModule):
     """Base of the detectors that score external Selective Search proposals (R-CNN, Fast R-CNN).
 
-    Subclasses set ``self.selective_search``, ``self.shapes_weights_source`` ((arch, data root) or
-    None), ``self.precompute_proposals``, ``self.proposal_workers`` and implement :meth:`pretrained_body`.
+    Subclasses set ``self.selective_search``, ``self.precompute_proposals`` and ``self.proposal_workers``.
     """
 
     proposals_seen: int = 0
     images_seen: int = 0
 
-    def pretrained_body(self) -> nn.Module:
-        """The network body that ``weights: shapes`` initialises."""
-        raise NotImplementedError
-
     def setup(self, stage: str) -> None:
-        """Put the proposal cache beside the data, load ``weights: shapes`` once, and precompute the
+        """Put the proposal cache beside the data, load ``weights: shapes`` (the base), and precompute the
         training proposals (with a progress bar) so that epochs do not wait on Selective Search."""
+        super().setup(stage)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if self.hparams.proposal_cache_dir is None and self.hparams.data_root is None and hasattr(datamodule, "root"):
             self.selective_search.cache_dir = cache_dir_beside(datamodule.root)
         if stage != "fit":
             return
-        if self.shapes_weights_source is not None:
-            name, data_root = self.shapes_weights_source
-            load_shapes_weights(self.pretrained_body(), name, data_root)
-            self.shapes_weights_source = None  # once: a second fit continues from the trained weights
         if self.precompute_proposals and datamodule is not None:
             precompute_for_datamodule(self.selective_search, datamodule, self.proposal_workers)
 

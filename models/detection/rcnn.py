@@ -150,11 +150,7 @@ class RCNN(SelectiveSearchDetector):
         super().__init__(**kwargs)
         if classifier not in ("softmax", "svm"):
             raise ValueError(f"classifier must be 'softmax' or 'svm', got {classifier!r}")
-        if weights == "shapes" and data_root is None:
-            raise ValueError("weights: shapes needs data_root, the folder of the generated shapes dataset")
-        # weights: shapes needs the generated dataset, which exists from setup("fit") on: loaded there.
-        self.shapes_weights_source = (backbone, data_root) if weights == "shapes" else None
-        body = load_pretrained_body(backbone, None if weights == "shapes" else weights)
+        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded at setup("fit")
         self.cnn = RegionCNN(body, representation_size, pooled_size)
         self.predictor = FastRCNNPredictor(representation_size, self.num_classes + 1)
         self.svm = nn.Linear(representation_size, self.num_classes) if classifier == "svm" else None
@@ -171,9 +167,6 @@ class RCNN(SelectiveSearchDetector):
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.region_batch = region_batch
         self.proposals_seen, self.images_seen = 0, 0
-
-    def pretrained_body(self) -> nn.Module:
-        return self.cnn.body
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, proposals: list[Tensor] | None = None

@@ -112,8 +112,9 @@ def test_nms_threshold_is_settable(tmp_path):
 
 
 def test_shapes_weights_need_the_data(tmp_path):
+    model = small_model(tmp_path, weights="shapes")  # no data_root and no DataModule to take it from
     with pytest.raises(ValueError, match="data_root"):
-        small_model(tmp_path, weights="shapes")
+        model.setup("fit")
 
 
 @pytest.mark.slow
