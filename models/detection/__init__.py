@@ -1,3 +1,13 @@
 """Detectors (registered on import)."""
 
-from models.detection import fast_rcnn, faster_rcnn, fcos, rcnn, sliding_window  # noqa: F401
+from models.detection import (  # noqa: F401
+    cornernet,
+    fast_rcnn,
+    faster_rcnn,
+    fcos,
+    rcnn,
+    retinanet,
+    sliding_window,
+    ssd,
+    yolo_v1,
+)

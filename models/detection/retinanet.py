@@ -1,0 +1,179 @@
+"""RetinaNet: Focal Loss for Dense Object Detection (Lin et al., ICCV 2017; course slides 63-68).
+
+A one-stage detector as accurate as two-stage ones. Its ~10^4 anchors per image are nearly all easy
+background, which swamps cross-entropy (slide 64: training drifts to "everything is background");
+the focal loss scales each term by ``(1 - p_t)^gamma`` so the few hard examples dominate (Sec. 3).
+The network: an FPN (P3-P7 in the paper, fewer for small images), 9 anchors per location (3 scales
+x 3 aspect ratios), and two subnets of four 3x3 convs shared by all levels, one classifying every
+anchor with K sigmoids, its last bias set so that every anchor starts at probability pi = 0.01
+(Sec. 3.3, against a flood of background loss in the first iterations), one regressing box offsets
+(smooth L1, or GIoU). Anchors match boxes at IoU >= 0.5, are background below 0.4, ignored between.
+
+torchvision's RetinaNet (matcher, subnets, decoding) composed with our backbone and FPN; the
+classification loss is ours so the config can pick focal loss or plain cross-entropy (the ablation).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.detection._utils import Matcher
+from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead
+
+from models.base import DetectionModule
+from models.parts.anchors import retinanet_anchor_generator
+from models.parts.backbones import Backbone
+from models.parts.losses import focal_loss
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_deferred_shapes_weights, load_pretrained_body
+from models.parts.timing import time_method
+from models.registry import register_model
+
+
+class ClassificationSubnet(RetinaNetClassificationHead):
+    """torchvision's classification subnet with the classification loss picked by ``loss``.
+
+    ``focal``: Eq. 5 with ``alpha`` and ``gamma``; ``ce``: plain binary cross-entropy (gamma 0, no
+    alpha). Both are summed over every anchor that is not ignored and divided by the number of
+    positive anchors (Sec. 3.3), so the two differ only in the loss of each anchor.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        prior_probability: float = 0.01,
+        loss: Literal["focal", "ce"] = "focal",
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_anchors, num_classes, prior_probability, norm_layer)
+        if loss not in ("focal", "ce"):
+            raise ValueError(f"loss must be 'focal' or 'ce', got {loss!r}")
+        self.alpha, self.gamma = (alpha, gamma) if loss == "focal" else (-1.0, 0.0)
+
+    def compute_loss(
+        self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], matched_idxs: list[Tensor]
+    ) -> Tensor:
+        losses = []
+        for target, logits, matched in zip(targets, head_outputs["cls_logits"], matched_idxs):
+            foreground = matched >= 0
+            one_hot = torch.zeros_like(logits)
+            one_hot[foreground, target["labels"][matched[foreground]]] = 1.0
+            valid = matched != Matcher.BETWEEN_THRESHOLDS
+            loss = focal_loss(logits[valid], one_hot[valid], self.alpha, self.gamma, reduction="sum")
+            losses.append(loss / foreground.sum().clamp(min=1))
+        return torch.stack(losses).mean()
+
+
+@register_model("retinanet", family="one_stage_anchor")
+class RetinaNet(DetectionModule):
+    """RetinaNet over ``return_layers`` of ``backbone``, with or without an FPN.
+
+    Args:
+        backbone, weights, data_root: the network and its initialisation (the paper: ImageNet
+            ResNet; ``weights: shapes`` pretrains it on the embedded dataset in ``data_root``, see
+            :mod:`models.parts.pretrain`; None trains from scratch).
+        return_layers, fpn_channels, fpn_extra: see :class:`models.parts.backbones.Backbone` (the paper:
+            C3-C5 -> P3-P5, plus P6, P7 with ``fpn_extra: p6p7``).
+        fpn: false keeps one map (one entry in ``return_layers``) with every anchor size on it.
+        anchor_sizes: base anchor side per level in pixels (the paper: 32..512 on P3..P7, i.e. 4 x the
+            stride; 2 x the stride here for objects of 6-97 px); each gets 3 octave scales.
+        anchor_ratios: height/width ratios (0.5, 1, 2).
+        loss: ``focal`` or ``ce`` (the ablation); alpha, gamma: focal-loss parameters (0.25, 2).
+        prior_probability: initial foreground probability of every anchor (0.01).
+        head_norm_groups: group norm in the subnets' convs with this many groups (0: none, as the
+            paper). The subnets start with weights of std 0.01 (Sec. 4.1); without normalisation and
+            without a pretrained backbone their signal vanishes over the four convs and training from
+            scratch stalls, which group norm (as in FCOS and torchvision's RetinaNet v2) prevents.
+        box_loss: ``smooth_l1`` (the paper, beta 1/9), ``giou`` or ``l1``.
+        fg_iou_thresh, bg_iou_thresh: anchor assignment (0.5, 0.4).
+        min_size, max_size: torchvision's resize of the shorter/longer side (the paper: 800).
+        score_thresh, nms_thresh, detections_per_img, topk_candidates: decoding (Sec. 4: 0.05, 0.5,
+            100 per image, top 1000 per level).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "small_cnn",
+        weights: str | None = None,
+        data_root: str | None = None,
+        return_layers: Sequence[str] = ("c3", "c4", "c5"),
+        fpn: bool = True,
+        fpn_channels: int = 64,
+        fpn_extra: Literal["none", "maxpool", "p6p7"] = "none",
+        anchor_sizes: Sequence[float] = (16, 32, 64),
+        anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        loss: Literal["focal", "ce"] = "focal",
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        prior_probability: float = 0.01,
+        head_norm_groups: int = 16,
+        box_loss: Literal["smooth_l1", "giou", "l1"] = "smooth_l1",
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.4,
+        min_size: int = 128,
+        max_size: int = 128,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        topk_candidates: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not fpn and len(return_layers) != 1:
+            raise ValueError(f"without an FPN RetinaNet uses one map; got return_layers={list(return_layers)}")
+        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
+        features = Backbone(body, return_layers, fpn=fpn, fpn_channels=fpn_channels, fpn_extra=fpn_extra)
+        if fpn and len(anchor_sizes) != len(features.strides):
+            raise ValueError(
+                f"an FPN with {len(features.strides)} levels needs one anchor size per level, got {list(anchor_sizes)}"
+            )
+        anchors = retinanet_anchor_generator(anchor_sizes, aspect_ratios=anchor_ratios, single_level=not fpn)
+        num_anchors = anchors.num_anchors_per_location()[0]
+        norm_layer = partial(nn.GroupNorm, head_norm_groups) if head_norm_groups else None
+        head = RetinaNetHead(features.out_channels, num_anchors, self.num_classes, norm_layer)
+        # K sigmoids, no background column: torchvision sees labels 0..K-1 (shifted in forward).
+        head.classification_head = ClassificationSubnet(
+            features.out_channels, num_anchors, self.num_classes, prior_probability, loss, alpha, gamma, norm_layer
+        )
+        head.regression_head._loss_type = box_loss  # torchvision's switch (its own v2 model sets "giou")
+        self.detector = torchvision.models.detection.RetinaNet(
+            features,
+            num_classes=self.num_classes,
+            min_size=min_size,
+            max_size=max_size,
+            image_mean=IMAGE_MEAN,
+            image_std=IMAGE_STD,
+            anchor_generator=anchors,
+            head=head,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            fg_iou_thresh=fg_iou_thresh,
+            bg_iou_thresh=bg_iou_thresh,
+            topk_candidates=topk_candidates,
+        )
+        self.stage_timer.instrument(self.detector.backbone, "backbone")
+        self.stage_timer.instrument(self.detector.head, "head")
+        time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # the DataModule has generated the dataset by now
+            load_deferred_shapes_weights(self)
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        if targets is not None:
+            targets = [{**t, "labels": t["labels"] - 1} for t in targets]
+        output = self.detector(images, targets)
+        if self.training:
+            return output
+        return [{**d, "labels": d["labels"] + 1} for d in output]
+
+    def set_nms_iou(self, iou: float) -> None:
+        self.detector.nms_thresh = iou

@@ -1,0 +1,91 @@
+"""DeepLabv3: atrous convolution and Atrous Spatial Pyramid Pooling (Chen et al., arXiv 1706.05587).
+
+The backbone's last stages trade their stride for dilation (Sec. 3.1-3.2) so the features stay at
+output stride 16 or 8; ASPP (Sec. 3.3: a 1x1 branch, three 3x3 atrous branches, image pooling,
+torchvision's ``ASPP``) and a 3x3 conv score the classes, and the logits are bilinearly upsampled
+to the input size (Sec. 4.1). torchvision's ``DeepLabHead`` is this head with 256 channels; the
+width here is an option so the embedded dataset trains on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.segmentation.deeplabv3 import ASPP
+from torchvision.transforms import Normalize
+
+from models.base import SemanticSegmentationModule
+from models.parts.backbones import Backbone, conv_bn_relu
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_deferred_shapes_weights, load_pretrained_body
+from models.registry import register_model
+
+
+def dilate_stage(stage: nn.Module, dilation: int) -> None:
+    """Replace the stride of ``stage`` by atrous convolution (Sec. 3.1): every strided convolution
+    gets stride 1, and every k x k convolution (k > 1) dilation ``dilation`` with "same" padding."""
+    for module in stage.modules():
+        if isinstance(module, nn.Conv2d):
+            module.stride = (1, 1)
+            if module.kernel_size[0] > 1:
+                module.dilation = (dilation, dilation)
+                module.padding = tuple(dilation * (k - 1) // 2 for k in module.kernel_size)
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            raise ValueError("dilate_stage: the stage has a pooling layer; only strided convolutions can be dilated")
+
+
+def deeplab_head(in_channels: int, num_outputs: int, atrous_rates: Sequence[int], channels: int = 256) -> nn.Sequential:
+    """ASPP, a 3x3 conv-BN-ReLU and a 1x1 classifier: torchvision's ``DeepLabHead`` at any width."""
+    return nn.Sequential(ASPP(in_channels, atrous_rates, channels), conv_bn_relu(channels, channels), nn.Conv2d(channels, num_outputs, 1))
+
+
+@register_model("deeplabv3", family="semantic_segmentation", task="semantic")
+class DeepLabV3(SemanticSegmentationModule):
+    """DeepLabv3 on ``backbone``'s ``c5``, dilated to ``output_stride``.
+
+    Args:
+        backbone, weights: see :func:`models.parts.backbones.build_backbone` (``c5`` at stride 32:
+            ``small_cnn``, ``resnet18``, ``resnet50``); ``weights: shapes`` pretrains the body as a
+            classifier on the embedded dataset in ``data_root`` (:mod:`models.parts.pretrain`).
+        output_stride: 16 dilates ``c5`` (rate 2); 8 dilates ``c4`` (rate 2) and ``c5`` (rate 4).
+        atrous_rates: ASPP's rates (the paper: 6, 12, 18 at output stride 16 on 513 px crops,
+            doubled at 8; scaled down here for 128 px images).
+        aspp_channels: width of ASPP and the head (the paper: 256).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "small_cnn",
+        weights: str | None = None,
+        data_root: str | None = None,
+        output_stride: Literal[8, 16] = 8,
+        atrous_rates: Sequence[int] = (3, 6, 9),
+        aspp_channels: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+        self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
+        self.backbone = Backbone(load_pretrained_body(backbone, weights, data_root, defer=True), return_layers=("c5",))
+        if self.backbone.strides[-1] != 32:
+            raise ValueError(f"deeplabv3 needs a backbone whose c5 has stride 32; {backbone}'s has {self.backbone.strides[-1]}")
+        stages = self.backbone.body.stages
+        stages = stages if isinstance(stages, nn.ModuleDict) else {f"c{i + 1}": stage for i, stage in enumerate(stages)}
+        dilate_stage(stages["c5"], 2 if output_stride == 16 else 4)
+        if output_stride == 8:
+            dilate_stage(stages["c4"], 2)
+        self.output_stride = output_stride
+        self.head = deeplab_head(self.backbone.out_channels, self.num_classes + 1, atrous_rates, aspp_channels)
+        self.stage_timer.instrument(self.backbone, "backbone")
+        self.stage_timer.instrument(self.head, "aspp_head")
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # weights: shapes, once the DataModule has generated the dataset
+            load_deferred_shapes_weights(self)
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.backbone(self.normalize(images))["c5"]
+        logits = self.head(features)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)

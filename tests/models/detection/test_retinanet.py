@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou
+
+from models.detection.retinanet import ClassificationSubnet, RetinaNet
+
+K = 3
+
+
+def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
+    # label K is used: with K sigmoid columns it must map to the last one
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, K])}]
+    targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
+    return targets[:n]
+
+
+def test_anchor_matching_thresholds_and_low_quality_matches():
+    matcher = RetinaNet(num_classes=K).detector.proposal_matcher
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # exactly the first box
+            [0.0, 0.0, 20.0, 20.0],  # IoU 0.25: background
+            [0.0, 0.0, 10.0, 14.0],  # IoU 100 / 140 = 0.71: positive
+            [0.0, 0.0, 10.0, 22.0],  # IoU 100 / 220 = 0.45: between 0.4 and 0.5, ignored
+            [50.0, 50.0, 60.0, 60.0],  # best anchor of the second box, IoU 0.21
+        ]
+    )
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [48.0, 48.0, 70.0, 70.0]])
+    matched = matcher(box_iou(gt, anchors))
+    assert matched.tolist()[:4] == [0, -1, 0, -2]
+    assert matched[4] == 1  # low-quality match: a box's best anchor is positive whatever its IoU
+
+
+def test_classification_starts_at_the_prior_probability():
+    model = RetinaNet(num_classes=K)
+    features = list(model.detector.backbone(torch.rand(1, 3, 128, 128)).values())
+    probabilities = model.detector.head.classification_head(features).sigmoid()
+    assert torch.allclose(probabilities.mean(), torch.tensor(0.01), rtol=0.05)
+
+
+def test_focal_and_ce_classification_losses_hand_computed():
+    focal = ClassificationSubnet(8, 1, 2, loss="focal")
+    ce = ClassificationSubnet(8, 1, 2, loss="ce")
+    logits = torch.zeros(1, 4, 2)  # 4 anchors, 2 classes, p = 0.5 everywhere
+    matched = [torch.tensor([0, -1, -2, -1])]  # anchor 0 positive (class 1), anchor 2 ignored
+    targets = [{"labels": torch.tensor([1])}]
+    log2 = math.log(2)
+    # 6 valid terms (3 anchors x 2 classes), one positive; divided by 1 positive anchor
+    expected_ce = 6 * log2
+    expected_focal = 0.25 * 0.25 * log2 + 5 * 0.75 * 0.25 * log2  # alpha_t (1 - p_t)^2 log 2
+    assert torch.allclose(ce.compute_loss(targets, {"cls_logits": logits}, matched), torch.tensor(expected_ce))
+    assert torch.allclose(focal.compute_loss(targets, {"cls_logits": logits}, matched), torch.tensor(expected_focal))
+    with pytest.raises(ValueError, match="focal"):
+        ClassificationSubnet(8, 1, 2, loss="softmax")
+
+
+def test_ce_ablation_weighs_easy_negatives_far_more_than_focal():
+    # many confident (easy) negatives and one hard positive, as in a dense detector
+    logits = torch.full((1, 1000, 1), -4.0)
+    logits[0, 0, 0] = -1.0
+    matched = [torch.cat([torch.zeros(1, dtype=torch.int64), torch.full((999,), -1)])]
+    targets = [{"labels": torch.tensor([0])}]
+    ce = ClassificationSubnet(8, 1, 1, loss="ce").compute_loss(targets, {"cls_logits": logits}, matched)
+    focal = ClassificationSubnet(8, 1, 1, loss="focal").compute_loss(targets, {"cls_logits": logits}, matched)
+    negatives_ce = 999 * F.softplus(torch.tensor(-4.0))
+    assert ce > 0.9 * negatives_ce  # CE: the easy negatives make most of the loss (slide 64)
+    assert focal < 0.1 * ce
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"fpn": False, "return_layers": ["c4"]}, {"loss": "ce", "box_loss": "giou"}],
+    ids=["fpn_focal", "single_scale", "ce_giou"],
+)
+def test_forward_train_and_eval(options):
+    torch.manual_seed(0)
+    model = RetinaNet(num_classes=K, **options)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 96)]
+    model.train()
+    losses = model(images, targets_for(2))
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+    model.eval()
+    model.detector.score_thresh = 0.0  # untrained: scores are ~0.01, keep them to check the labels
+    model.stage_timer.enabled = True
+    with torch.no_grad():
+        predictions = model(images)
+    assert len(predictions) == 2
+    for p in predictions:
+        assert 0 < len(p["boxes"]) <= 100
+        assert ((p["labels"] >= 1) & (p["labels"] <= K)).all()
+    assert set(predictions[0]["labels"].tolist()) == set(range(1, K + 1))
+    assert set(model.stage_times_ms()) == {"backbone", "head", "decode_nms"}
+
+
+def test_invalid_configurations():
+    with pytest.raises(ValueError, match="one map"):
+        RetinaNet(num_classes=K, fpn=False)
+    with pytest.raises(ValueError, match="one anchor size per level"):
+        RetinaNet(num_classes=K, anchor_sizes=(16, 32))
+
+
+@pytest.mark.slow
+def test_short_fit_lowers_the_loss():
+    torch.manual_seed(0)
+    model = RetinaNet(num_classes=K)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 128, 128, generator=g) * 0.3 for _ in range(2)]
+    for image in images:
+        image[:, 12:40, 10:50] = 0.9
+        image[:, 60:110, 60:120] = 0.0
+    targets = [targets_for(1)[0]] * 2
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    history = []
+    for _ in range(30):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert sum(history[-5:]) / 5 < 0.3 * sum(history[:5]) / 5
