@@ -32,3 +32,21 @@ def tiny_shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_shapes_params() -> dict:
     """The generator parameters of :func:`tiny_shapes_dataset` (``size`` is ``image_size`` in the DataModule)."""
     return dict(TINY_SHAPES)
+
+
+def _train_steps(step_loss, optimizer, steps: int) -> list[float]:
+    """Run ``steps`` optimiser steps on ``step_loss()`` and return the loss before each step."""
+    history = []
+    for _ in range(steps):
+        loss = step_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    return history
+
+
+@pytest.fixture
+def train_steps():
+    """The loop of every "a short fit lowers the loss" test: ``train_steps(step_loss, optimizer, steps)``."""
+    return _train_steps

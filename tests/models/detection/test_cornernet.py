@@ -139,7 +139,7 @@ def test_forward_train_and_eval(options):
 
 
 @pytest.mark.slow
-def test_short_fit_lowers_the_loss():
+def test_short_fit_lowers_the_loss(train_steps):
     torch.manual_seed(0)
     model = CornerNet(num_classes=K)
     g = torch.Generator().manual_seed(0)
@@ -150,11 +150,5 @@ def test_short_fit_lowers_the_loss():
     targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 62.0, 121.0, 110.0]]), "labels": torch.tensor([1, 3])}] * 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
-    history = []
-    for _ in range(30):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
+    history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
     assert sum(history[-5:]) / 5 < 0.1 * sum(history[:5]) / 5

@@ -126,7 +126,7 @@ def test_shapes_weights_are_loaded_at_setup_fit(tiny_shapes_dataset):
     assert all(torch.equal(v, saved[k]) for k, v in model.detector.backbone.body.state_dict().items())
 
 
-def test_short_fit_lowers_the_loss():
+def test_short_fit_lowers_the_loss(train_steps):
     torch.manual_seed(0)
     model = FasterRCNN(num_classes=K, rpn_batch_size=64, box_batch_size=32)
     g = torch.Generator().manual_seed(0)
@@ -139,11 +139,5 @@ def test_short_fit_lowers_the_loss():
     targets = [targets_for(1)[0]] * 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
-    history = []
-    for _ in range(30):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
+    history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
     assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5

@@ -42,17 +42,11 @@ def test_stage_timer_reports_backbone_head_and_decoding():
     assert set(model.stage_times_ms()) == {"backbone", "head", "decode_nms"}
 
 
-def test_short_fit_lowers_the_loss():
+def test_short_fit_lowers_the_loss(train_steps):
     torch.manual_seed(0)
     model = FCOS(num_classes=1, min_size=64, max_size=64)
     images, targets = _toy_batch()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
-    first = None
-    for _ in range(30):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = first if first is not None else loss.item()
-    assert loss.item() < 0.6 * first
+    history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
+    assert history[-1] < 0.6 * history[0]

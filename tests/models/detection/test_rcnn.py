@@ -131,19 +131,13 @@ def test_box_regression_only_from_close_regions(tmp_path):
 
 
 @pytest.mark.slow
-def test_short_fit_lowers_the_loss(tmp_path):
+def test_short_fit_lowers_the_loss(tmp_path, train_steps):
     model = small_model(tmp_path).train()
     images, targets = batch((1, 2, 3, 4))
     proposals = [model.selective_search(im) for im in images]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     torch.manual_seed(0)
-    losses = []
-    for _ in range(40):
-        loss = sum(model(images, targets, proposals).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(lambda: sum(model(images, targets, proposals).values()), optimizer, 40)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
 

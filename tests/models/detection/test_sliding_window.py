@@ -111,7 +111,7 @@ def test_detect_keeps_one_window_of_a_cluster_per_class():
         assert (iou <= 0.3 + 1e-6).all()
 
 
-def test_short_fit_lowers_the_loss():
+def test_short_fit_lowers_the_loss(train_steps):
     torch.manual_seed(0)
     model = small_model(window_sizes=(16, 24, 32), windows_per_image=32)
     g = torch.Generator().manual_seed(0)
@@ -124,11 +124,5 @@ def test_short_fit_lowers_the_loss():
         targets.append({"boxes": torch.tensor([[8.0, 8.0, 32.0, 32.0], [16.0, 40.0, 56.0, 56.0]]), "labels": torch.tensor([1, 2])})
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    history = []
-    for _ in range(30):
-        loss = model(images, targets)["loss_classifier"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
+    history = train_steps(lambda: model(images, targets)["loss_classifier"], optimizer, 30)
     assert sum(history[-5:]) / 5 < 0.1 * sum(history[:5]) / 5

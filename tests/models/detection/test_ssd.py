@@ -79,7 +79,7 @@ def test_forward_train_and_eval():
 
 
 @pytest.mark.slow
-def test_short_fit_lowers_the_loss():
+def test_short_fit_lowers_the_loss(train_steps):
     torch.manual_seed(0)
     model = SSD(num_classes=K)
     g = torch.Generator().manual_seed(0)
@@ -90,11 +90,5 @@ def test_short_fit_lowers_the_loss():
     targets = [targets_for(1)[0]] * 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
-    history = []
-    for _ in range(30):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
+    history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
     assert sum(history[-5:]) / 5 < 0.3 * sum(history[:5]) / 5

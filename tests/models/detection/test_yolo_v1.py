@@ -116,7 +116,7 @@ def test_heads_predict_the_grid_from_any_map():
 
 
 @pytest.mark.slow
-def test_short_fit_lowers_the_loss():
+def test_short_fit_lowers_the_loss(train_steps):
     torch.manual_seed(0)
     model = YOLOv1(num_classes=K, dropout=0.0)
     g = torch.Generator().manual_seed(0)
@@ -127,11 +127,5 @@ def test_short_fit_lowers_the_loss():
     targets = [targets_for(1)[0]] * 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     model.train()
-    history = []
-    for _ in range(30):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
+    history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
     assert sum(history[-5:]) / 5 < 0.1 * sum(history[:5]) / 5

@@ -93,18 +93,12 @@ def test_registered_variants_differ_only_by_upsampling():
 
 
 @pytest.mark.slow
-def test_short_fit_lowers_the_loss():
+def test_short_fit_lowers_the_loss(train_steps):
     torch.manual_seed(0)
     model = FCN(upsampling="transpose", channels=(8, 16, 32, 32, 32), num_classes=6)
     batch = shapes_batch(8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = model.compute_losses(batch)["loss_ce"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(lambda: model.compute_losses(batch)["loss_ce"], optimizer, 40)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
 
 
