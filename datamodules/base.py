@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.checks import DatasetError, load_rgb, new_stats, warn_summary
+from datamodules.samplers import ResumableShuffleSampler, ShardedEvalSampler, mix_seed
 from datamodules.transforms import apply_transform, build_transform
 
 __all__ = [
@@ -108,10 +109,11 @@ class AnnotatedDataset(Dataset):
         self.task = task
         self.name = name
         self.augment = list(augment) if augment else []
-        # Compose keeps its own RNG (global seeds do not reach it): seed it from torch's RNG so that
-        # seed_everything makes runs repeatable; DataLoader workers re-seed it (``worker_init_fn``).
-        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if self.augment else None
-        self.transform = build_transform(self.augment, seed=seed)
+        self.transform = build_transform(self.augment)
+        # Augmentation of sample i in epoch e is seeded from (augment_seed, e, i): the same whatever the
+        # number of workers, the sampling order or a resume mid-epoch. The training sampler passes the
+        # epoch with each index (EpochIndex); the DataModule sets augment_seed from the run's seed.
+        self.augment_seed = int(torch.initial_seed())
         self.stats = dict(stats) if stats is not None else new_stats()
         self.stats["images"] = len(records)
         self.stats["objects"] = int(sum(len(r.labels) for r in records))
@@ -139,6 +141,8 @@ class AnnotatedDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         rec = self.records[index]
+        if self.transform is not None:
+            self.transform.set_random_seed(mix_seed(self.augment_seed, getattr(index, "epoch", 0), index) % 2**32)
         image = self.load_image(rec)
         if self.task == "semantic":
             sem = self.semantic_map(rec)
@@ -195,17 +199,14 @@ def collate_semantic(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Te
     return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
 
 
-def seed_worker_transform(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream (albumentations' Compose keeps a private
-    RNG that a fork would copy unchanged into every worker)."""
-    info = torch.utils.data.get_worker_info()
-    if info is None:
-        return
-    seed = int(torch.initial_seed() % (2**31 - 1))  # distinct per worker and epoch, follows seed_everything
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in each DataLoader worker (distinct per worker and epoch; torch does it
+    for its own RNG). The augmentation itself is seeded per sample (``AnnotatedDataset.__getitem__``)."""
+    import random
+
+    seed = int(torch.initial_seed() % (2**32))
     np.random.seed(seed)
-    transform = getattr(info.dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
+    random.seed(seed)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -219,6 +220,11 @@ class BaseDataModule(pl.LightningDataModule):
     Subclasses set ``class_names`` and implement ``_make_dataset(split)`` for ``split`` in
     ``"train" | "val" | "test"``; ``_same_val_test()`` says when the test split is the val split
     (then ``test_dataset is val_dataset``).
+
+    Loaders: training order is a pure function of the run's seed and the epoch and resumes mid-epoch
+    (see :mod:`datamodules.samplers`); under DDP every rank gets its shard, validation and test without
+    repeats (``Trainer(use_distributed_sampler=False)``). ``shuffle_seed`` fixes the order independently
+    of ``seed_everything``.
     """
 
     def __init__(
@@ -231,6 +237,7 @@ class BaseDataModule(pl.LightningDataModule):
         train_augment: list[dict[str, Any]] | None = None,
         eval_augment: list[dict[str, Any]] | None = None,
         drop_last: bool = False,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -247,6 +254,8 @@ class BaseDataModule(pl.LightningDataModule):
         self.train_augment = list(train_augment) if train_augment else []
         self.eval_augment = list(eval_augment) if eval_augment else []
         self.drop_last = drop_last
+        self.shuffle_seed = shuffle_seed
+        self._resume: tuple[int, int] | None = None
         # validate the augmentation config now, not in the first worker
         build_transform(self.train_augment)
         build_transform(self.eval_augment)
@@ -306,19 +315,45 @@ class BaseDataModule(pl.LightningDataModule):
     def collate_fn(self) -> Any:
         return collate_semantic if self.task == "semantic" else collate_detection
 
+    def _distributed(self) -> tuple[int, int]:
+        """(rank, world size) of the attached trainer; (0, 1) without one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _seed(self) -> int:
+        return int(torch.initial_seed()) if self.shuffle_seed is None else int(self.shuffle_seed)
+
     def _loader(self, dataset: AnnotatedDataset | None, split: str, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: no {split} dataset; call setup() first")
+        rank, world = self._distributed()
+        seed = self._seed()
+        dataset.augment_seed = mix_seed(seed, 1)
+        if shuffle:
+            sampler: Any = ResumableShuffleSampler(len(dataset), mix_seed(seed, 2), rank, world)
+            if self._resume is not None:
+                epoch, batches_done = self._resume
+                sampler.resume(epoch, batches_done * self.batch_size)
+                self._resume = None
+        else:
+            if world > 1 and len(dataset) < world:
+                raise ValueError(f"{dataset.name}: {len(dataset)} {split} images cannot be split over {world} processes")
+            sampler = ShardedEvalSampler(len(dataset), rank, world)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=self.collate_fn,
             drop_last=self.drop_last if shuffle else False,
-            worker_init_fn=seed_worker_transform if self.num_workers > 0 else None,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            # a private generator: creating an iterator (worker base seeds) never draws from the global
+            # RNG, so resuming mid-epoch leaves the model's random stream exactly where it was
+            generator=torch.Generator().manual_seed(mix_seed(seed, 3)),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -329,6 +364,20 @@ class BaseDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, "test", shuffle=False)
+
+    # -- resume ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in the epoch, saved in every checkpoint so ``fit --ckpt_path`` resumes
+        mid-epoch on the next unseen batch (Lightning restores the model, optimiser and loop counters)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_epoch": int(trainer.current_epoch), "train_batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "train_epoch" in state:
+            self._resume = (int(state["train_epoch"]), int(state["train_batches_done"]))
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, "test", shuffle=False)

@@ -311,8 +311,10 @@ class COCODataModule(BaseDataModule):
         train_augment: list[dict[str, Any]] | None = None,
         eval_augment: list[dict[str, Any]] | None = None,
         drop_last: bool = False,
+        shuffle_seed: int | None = None,
     ) -> None:
-        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last)
+        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last,
+                         shuffle_seed)
         check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
         if (test_annotations is None) != (test_images is None):
             raise ValueError("give both test_annotations and test_images, or neither")

@@ -278,8 +278,10 @@ class VOCDataModule(BaseDataModule):
         train_augment: list[dict[str, Any]] | None = None,
         eval_augment: list[dict[str, Any]] | None = None,
         drop_last: bool = False,
+        shuffle_seed: int | None = None,
     ) -> None:
-        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last)
+        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last,
+                         shuffle_seed)
         check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
         self.save_hyperparameters()
         self.root = root

@@ -23,6 +23,35 @@ from models.parts.timing import StageTimer
 Protocol = Literal["lecture", "voc07", "voc", "coco"]
 
 
+def capture_rng_states() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and ``random`` generator states."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True)
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class TaskModule(pl.LightningModule):
     """Optimiser, schedule, loss guard and timing shared by all tasks.
 
@@ -35,6 +64,9 @@ class TaskModule(pl.LightningModule):
         scheduler: ``cosine`` decay to zero over the run, or ``constant``.
         nonfinite_loss: ``raise`` stops the run naming the step and the loss terms; ``skip`` drops
             that step's update and counts it, so no ruined weights reach a checkpoint.
+        torch_compile: ``True``, a ``torch.compile`` mode (``max-autotune``) or its keyword arguments
+            (``{backend: aot_eager}``) compile the forward pass; models with data-dependent shapes (proposals, NMS) fall back to eager where
+            the graph breaks.
     """
 
     task: str = ""
@@ -50,6 +82,7 @@ class TaskModule(pl.LightningModule):
         warmup_steps: int = 100,
         scheduler: Literal["cosine", "constant"] = "cosine",
         nonfinite_loss: Literal["raise", "skip"] = "raise",
+        torch_compile: bool | str | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -61,6 +94,13 @@ class TaskModule(pl.LightningModule):
             raise ValueError(f"{len(self.class_names)} class_names for num_classes={num_classes}")
         self.stage_timer = StageTimer()
         self.skipped_nonfinite_steps = 0
+
+    def configure_model(self) -> None:
+        option = self.hparams.get("torch_compile", False)
+        if option and not getattr(self, "_compiled_forward", False):
+            kwargs = dict(option) if isinstance(option, dict) else ({} if option is True else {"mode": str(option)})
+            self.forward = torch.compile(self.forward, **kwargs)  # type: ignore[method-assign]
+            self._compiled_forward = True
 
     def setup(self, stage: str) -> None:
         """Load ``weights: shapes`` backbones now that the DataModule has generated the dataset. Lightning
@@ -92,8 +132,20 @@ class TaskModule(pl.LightningModule):
             return None  # Lightning skips the optimiser step.
         n = self.batch_size_of(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        # the epoch mean, averaged over ranks under DDP (step values are each rank's own)
+        self.log("train/loss_epoch", loss.detach(), batch_size=n, on_step=False, on_epoch=True, sync_dist=True)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=n)
         return loss
+
+    # ----------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the random streams with the weights: a run resumed from this checkpoint draws the same
+        random numbers (RoI sampling, dropout) as the uninterrupted run would have."""
+        checkpoint["rng_states"] = capture_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
+            restore_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -174,8 +226,8 @@ class DetectionModule(TaskModule):
             metric.update(preds, targets)
         return preds
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return self._evaluate(batch, self.val_metrics)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics)
@@ -237,8 +289,8 @@ class SemanticSegmentationModule(TaskModule):
             metric.update(logits, masks)
         return logits
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return self._evaluate(batch, self.val_metrics)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics)

@@ -109,6 +109,7 @@ def build(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, budget_s
         "trainer.limit_val_batches": 0,
         "trainer.num_sanity_val_steps": 0,
         "trainer.deterministic": False,
+        "wandb.mode": "disabled",  # --wandb logs the comparison itself (log_to_wandb)
     }
     if budget_s is not None:
         seconds = int(math.ceil(budget_s))

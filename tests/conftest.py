@@ -15,6 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # importable without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
+@pytest.fixture(autouse=True)
+def _no_wandb_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/train.py logs to W&B (offline) unless told otherwise; tests opt in explicitly."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
 #: the shapes dataset of the smoke tests: small enough to generate in about a second
 TINY_SHAPES = {"seed": 3, "num_train": 24, "num_val": 8, "size": 64}
 

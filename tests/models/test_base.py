@@ -77,3 +77,80 @@ def test_semantic_base_ignores_255_and_checks_weights():
     assert loss.item() == pytest.approx(torch.log(torch.tensor(3.0)).item())  # one pixel, uniform logits
     with pytest.raises(ValueError, match="class_weights"):
         Const(num_classes=2, class_weights=[1.0, 2.0])
+
+
+# ------------------------------------------------------------------ through a Trainer
+class _NaNAtStep(ConstantLossDetector):
+    """Loss becomes NaN at one step, as a diverging run would."""
+
+    def __init__(self, bad_step: int, **kwargs):
+        super().__init__(**kwargs)
+        self.bad_step = bad_step
+
+    def forward(self, images, targets=None):
+        out = super().forward(images, targets)
+        if self.training and self.global_step == self.bad_step:
+            out["loss_a"] = out["loss_a"] * float("nan")
+        return out
+
+
+def _fit_nan(tmp_path, policy):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    model = _NaNAtStep(bad_step=2, num_classes=2, nonfinite_loss=policy, warmup_steps=0, lr=0.1)
+    loader = torch.utils.data.DataLoader([_batch()] * 6, batch_size=None)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True, save_top_k=0)
+    trainer = pl.Trainer(max_steps=5, logger=False, callbacks=[ckpt], enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, accelerator="cpu")
+    return model, trainer, lambda: trainer.fit(model, train_dataloaders=loader)
+
+
+def test_trainer_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
+    model, trainer, fit = _fit_nan(tmp_path, "raise")
+    with pytest.raises(FloatingPointError, match="global step 2"):
+        fit()
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2 and torch.isfinite(saved["state_dict"]["w"])
+
+
+def test_trainer_skips_the_nan_step_when_configured(tmp_path):
+    model, trainer, fit = _fit_nan(tmp_path, "skip")
+    fit()
+    assert model.skipped_nonfinite_steps == 1 and torch.isfinite(model.w)
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert torch.isfinite(saved["state_dict"]["w"])
+
+
+class _TinySegmenter(SemanticSegmentationModule):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = nn.Conv2d(3, self.num_classes + 1, 3, padding=1)
+
+    def forward(self, images):
+        return self.conv(images)
+
+
+def test_torch_compile_switch_compiles_forward_with_the_same_output():
+    torch.manual_seed(0)
+    eager = _TinySegmenter(num_classes=2)
+    compiled = _TinySegmenter(num_classes=2, torch_compile={"backend": "eager"})
+    compiled.load_state_dict(eager.state_dict())
+    compiled.configure_model()
+    x = torch.rand(2, 3, 8, 8)
+    assert compiled._compiled_forward and compiled.forward is not eager.forward
+    torch.testing.assert_close(compiled(x), eager(x))
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed"])
+def test_mixed_precision_fit_on_cpu(precision, tmp_path):
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    model = _TinySegmenter(num_classes=2, warmup_steps=0, lr=0.1)
+    images, masks = torch.rand(4, 3, 8, 8), torch.randint(0, 3, (4, 8, 8))
+    loader = torch.utils.data.DataLoader([(images, masks)] * 4, batch_size=None)
+    trainer = pl.Trainer(max_steps=4, precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, train_dataloaders=loader)
+    assert trainer.global_step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
