@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml
 dataset: $(STAMP)
 	$(PY) scripts/make_dataset.py --out $(DATA)
 
+# every registered model trained (from the shared pretrained backbone) and measured side by side;
+# tables in runs/compare/results.md, pictures beside them. A rerun skips finished models (FORCE=--force).
 compare: dataset
-	$(PY) scripts/train.py fit --config experiments/fcos/shapes.yaml
-	$(PY) scripts/train.py test --config experiments/fcos/shapes.yaml --ckpt_path runs/fcos_shapes/checkpoints/last.ckpt
+	$(PY) scripts/compare.py --spec experiments/compare/default.yaml --out runs/compare $(FORCE)
 
 test: $(STAMP)
 	$(PY) -m pytest

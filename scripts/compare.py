@@ -87,7 +87,9 @@ def spec_entries(spec: dict[str, Any], spec_path: Path) -> list[Entry]:
         config = Path(item.get("config", f"experiments/{run}/shapes.yaml"))
         if not (REPO_ROOT / config).exists() and not config.exists():
             raise SystemExit(f"{spec_path}: models[{i}] ({run}): config {config} does not exist")
-        entries.append(Entry(run, config, dict(item.get("overrides") or {}), item.get("group"), item.get("budget_s")))
+        group = item.get("group")  # one ablation group, or a list (a baseline shared by two ablations)
+        group = "; ".join(group) if isinstance(group, list) else group
+        entries.append(Entry(run, config, dict(item.get("overrides") or {}), group or None, item.get("budget_s")))
     return entries
 
 
@@ -118,7 +120,7 @@ def build(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, budget_s
     overrides.update(entry.overrides)
     config = entry.config if entry.config.is_absolute() else REPO_ROOT / entry.config
     cli_args = ["--config", str(config)] + [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
-    return train_cli(args=cli_args, run=False)
+    return train_cli(args=cli_args, run=False, exit_on_error=False)
 
 
 class ThroughputMeter(pl.Callback):
@@ -210,6 +212,16 @@ def evaluate(model: Any, loader: Iterable, device: torch.device, class_names: li
     return results, bbox.pr_curves()
 
 
+def eval_loader(dm: Any, limit: int | None) -> Any:
+    """The validation loader, or one over its first ``limit`` images (the same images for every model)."""
+    loader = dm.val_dataloader()
+    if not limit or limit >= len(dm.val_dataset):
+        return loader
+    from torch.utils.data import DataLoader, Subset
+
+    return DataLoader(Subset(dm.val_dataset, range(int(limit))), batch_size=loader.batch_size, collate_fn=loader.collate_fn)
+
+
 def predict_examples(model: Any, images: list[torch.Tensor]) -> list[Any]:
     with torch.inference_mode():
         if model.task == "semantic":
@@ -255,7 +267,9 @@ def run_entry(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out:
     dm.setup("validate")
     progress.set_postfix_str(f"{entry.run}: evaluate")
     class_names = list(dm.class_names)
-    metrics, curves = evaluate(model, dm.val_dataloader(), device, class_names)
+    loader = eval_loader(dm, spec.get("eval_images"))
+    row["eval_images"] = len(loader.dataset)
+    metrics, curves = evaluate(model, loader, device, class_names)
     row.update(metrics)
     val = dm.val_dataset
     n_lat = min(int(spec.get("latency_images", 20)), len(val))
@@ -266,15 +280,35 @@ def run_entry(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out:
     if hasattr(model, "num_proposals"):  # R-CNN / Fast R-CNN: mean Selective Search boxes per image
         row["num_proposals"] = round(float(model.num_proposals), 1)
     n_show = min(int(spec.get("example_images", 4)), len(val))
-    examples = {"predictions": predict_examples(model, images[:n_show] if n_show <= n_lat else [val[i][0].to(device) for i in range(n_show)])}
-    examples["curves"] = curves
+    shown = images[:n_show] if n_show <= n_lat else [val[i][0].to(device) for i in range(n_show)]
+    examples = {"predictions": predict_examples(model, shown), "curves": curves, "task": model.task,
+                "images": [im.cpu() for im in shown], "targets": [val[i][1] for i in range(n_show)], "class_names": class_names}
     for nms in spec.get("nms_sweep", {}).get(entry.run, []) if not entry.group else []:
         progress.set_postfix_str(f"{entry.run}: NMS IoU {nms}")
         model.set_nms_iou(float(nms))
-        swept, _ = evaluate(model, dm.val_dataloader(), device, class_names)
+        swept, _ = evaluate(model, loader, device, class_names)
         row[f"nms_sweep/{nms}/voc07/mAP"] = swept.get("voc07/mAP")
     row["status"], row["error"] = "ok", ""
     return row, examples
+
+
+def summarize_error(exc: BaseException, limit: int = 300) -> str:
+    """One line for the results table: the exception's first line, or for a config that does not
+    validate (jsonargparse lists one error per union member) the errors that say something."""
+    lines = [ln.strip() for ln in str(exc).splitlines()] or [""]
+    if "Errors:" in lines:
+        reasons: list[str] = []
+        for ln in lines[lines.index("Errors:") + 1:]:
+            if ln.startswith("Given value"):
+                break
+            if ln.startswith("- "):
+                reasons.append(ln[2:])
+            elif reasons and ln:
+                reasons[-1] += " " + ln
+        reasons = [r for r in reasons if "NoneType" not in r]
+        if reasons:
+            return f"{type(exc).__name__}: {'; '.join(reasons)}"[:limit]
+    return f"{type(exc).__name__}: {lines[0]}"[:limit]
 
 
 # ------------------------------------------------------------------- reporting
@@ -382,7 +416,8 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("group") and r.get("status") == "ok":
-            groups.setdefault(r["group"], []).append(r)
+            for group in r["group"].split("; "):
+                groups.setdefault(group, []).append(r)
     parts = []
     for group, members in groups.items():
         seg = members[0].get("family") == "semantic_segmentation"
@@ -573,7 +608,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             record({"run": "pretrain", "model": "pretrain", "family": "pretraining", "group": "", "status": "failed",
                     "error": f"{type(exc).__name__}: {exc}"})
     examples: dict[str, Any] = {}
-    example_data = None
     todo = [e for e in entries if e.run not in done]
     progress = tqdm(todo, desc="compare", unit="model", disable=None)
     for entry in progress:
@@ -582,23 +616,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             row, ex = run_entry(entry, spec, args, out, progress)
             if not entry.group:
                 examples[entry.run] = ex
-        except Exception as exc:  # one failing model must not stop the others
+        except (Exception, SystemExit) as exc:  # one failing model must not stop the others
             (out / "logs").mkdir(exist_ok=True)
             (out / "logs" / f"{entry.run}.txt").write_text(traceback.format_exc())
             row = {"run": entry.run, "model": entry.run, "family": "", "group": entry.group or "",
-                   "status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+                   "status": "failed", "error": summarize_error(exc)}
             print(f"[compare] {entry.run} failed: {row['error']} (traceback in {out / 'logs' / (entry.run + '.txt')})", file=sys.stderr)
         record(row)
     md = write_results(rows, out, spec, published, header)
     plot_speed_accuracy(rows, out / "speed_accuracy.png")
+    for kind, label_maps in (("detection", False), ("semantic", True)):
+        runs = {r: e for r, e in examples.items() if (e["task"] == "semantic") == label_maps}
+        if runs:
+            first = next(iter(runs.values()))
+            plot_examples(runs, first["images"], first["targets"], first["class_names"], out / f"examples_{kind}.png")
     if examples:
-        example_data = _example_inputs(spec, len(next(iter(examples.values()))["predictions"]))
-        if example_data is not None:
-            images, targets, class_names = example_data
-            for task in ("detection", "semantic"):
-                runs = {r: e for r, e in examples.items() if isinstance(e["predictions"][0], torch.Tensor) == (task == "semantic")}
-                if runs:
-                    plot_examples(runs, images, targets[task], class_names, out / f"examples_{task}.png")
         from metrics.plots import plot_pr_curves
 
         for run, ex in examples.items():
@@ -608,24 +640,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         log_to_wandb(rows, out, spec, args)
     print(md)
     return rows
-
-
-def _example_inputs(spec: dict[str, Any], n: int) -> Any:
-    """The first ``n`` validation images with detection and semantic ground truth, for the grid."""
-    from datamodules import ShapesDataModule
-
-    data = (spec.get("example_data") or {})
-    try:
-        det = ShapesDataModule(task="detection", **data)
-        sem = ShapesDataModule(task="semantic", **data)
-        det.setup("validate")
-        sem.setup("validate")
-    except Exception as exc:  # pictures are a bonus; never fail the run over them
-        print(f"[compare] example grid skipped: {exc}", file=sys.stderr)
-        return None
-    images = [det.val_dataset[i][0] for i in range(n)]
-    return images, {"detection": [det.val_dataset[i][1] for i in range(n)],
-                    "semantic": [sem.val_dataset[i][1] for i in range(n)]}, list(det.class_names)
 
 
 def log_to_wandb(rows: list[dict[str, Any]], out: Path, spec: dict[str, Any], args: argparse.Namespace) -> None:

@@ -165,7 +165,9 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def main(args: list[str] | None = None, run: bool = True) -> CourseCLI:
+def main(args: list[str] | None = None, run: bool = True, exit_on_error: bool = True) -> CourseCLI:
+    """The CLI; ``exit_on_error=False`` raises a bad config as an exception instead of exiting (for callers
+    such as scripts/compare.py that must go on with the next model)."""
     import datamodules  # noqa: F401  (makes short class names resolvable)
     import models.detection  # noqa: F401
     import models.segmentation  # noqa: F401
@@ -185,6 +187,7 @@ def main(args: list[str] | None = None, run: bool = True) -> CourseCLI:
         },
         args=args,
         run=run,
+        parser_kwargs=None if exit_on_error else {"exit_on_error": False},
     )
 
 

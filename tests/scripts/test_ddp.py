@@ -29,8 +29,7 @@ def _args(name: str, root: Path, out: Path) -> list[str]:
             f"--trainer.logger.init_args.save_dir={out}", f"--trainer.callbacks.init_args.dirpath={out / 'ckpt'}"]
     if name == "fcos":
         args += ["--model.init_args.min_size=64", "--model.init_args.max_size=64"]
-    else:
-        args += ["--model.init_args.weights=null"]
+    args += ["--model.init_args.weights=null"]
     return args
 
 

@@ -23,6 +23,7 @@ def _data_args(root: Path, params: dict) -> list[str]:
         "--data.init_args.batch_size=4",
         "--model.init_args.min_size=64",
         "--model.init_args.max_size=64",
+        "--model.init_args.weights=null",
     ]
 
 

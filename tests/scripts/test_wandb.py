@@ -29,6 +29,7 @@ def test_offline_run_writes_metrics_config_and_box_images(tiny_shapes_dataset, t
           f"--data.init_args.num_train={p['num_train']}", f"--data.init_args.num_val={p['num_val']}",
           f"--data.init_args.image_size={p['size']}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
           "--model.init_args.min_size=64", "--model.init_args.max_size=64", "--model.init_args.warmup_steps=2",
+          "--model.init_args.weights=null",
           "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--trainer.log_every_n_steps=2",
           "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
           f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",

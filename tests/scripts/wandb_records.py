@@ -70,6 +70,8 @@ def read_run(path: str | Path) -> dict[str, Any]:
             history.append(_items_to_dict(record.history.item))
         elif kind == "config":
             config.update(_items_to_dict(record.config.update))
+        elif kind == "run":  # wandb.init(config=...) arrives with the run record
+            config.update(_items_to_dict(record.run.config.update))
         elif kind == "summary":
             summary.update(_items_to_dict(record.summary.update))
     return {"history": history, "config": config, "summary": summary}
