@@ -100,6 +100,15 @@ def coco_image_ids(flat: FlatDetections) -> np.ndarray:
     return np.arange(1, flat.num_images + 1, dtype=np.int64)
 
 
+def rle_areas(rles: list[dict], chunk: int = 255) -> np.ndarray:
+    """Pixel areas of COCO RLEs. pycocotools 2.0.11's ``mask.area`` fails with an OverflowError on
+    more than 255 RLEs in one call, so it is called on chunks of at most 255."""
+    from pycocotools import mask as mask_utils
+
+    parts = [np.asarray(mask_utils.area(rles[i:i + chunk]), np.float64).reshape(-1) for i in range(0, len(rles), chunk)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def coco_gt_dataset(flat: FlatDetections, iou_type: str = "bbox", categories: Sequence[int] | None = None) -> dict:
     """COCO GT dataset dict of ``flat`` (image ids: :func:`coco_image_ids`, annotation ids 1..m).
 
@@ -114,9 +123,7 @@ def coco_gt_dataset(flat: FlatDetections, iou_type: str = "bbox", categories: Se
     if iou_type == "segm":
         if flat.gt_masks is None:
             raise ValueError("iou_type='segm' needs GT masks")
-        from pycocotools import mask as mask_utils
-
-        default_area = np.asarray(mask_utils.area(flat.gt_masks), np.float64).reshape(-1) if len(flat.gt_masks) else np.zeros(0)
+        default_area = rle_areas(flat.gt_masks)
     else:
         default_area = box[:, 2] * box[:, 3]
     area = default_area if flat.gt_area is None else np.where(np.isnan(flat.gt_area), default_area, flat.gt_area)
@@ -149,9 +156,7 @@ def coco_dt_annotations(flat: FlatDetections, iou_type: str = "bbox") -> list[di
     if iou_type == "segm":
         if flat.det_masks is None:
             raise ValueError("iou_type='segm' needs predicted masks")
-        from pycocotools import mask as mask_utils
-
-        area = np.asarray(mask_utils.area(flat.det_masks), np.float64).reshape(-1).tolist() if len(img) else []
+        area = rle_areas(flat.det_masks).tolist() if len(img) else []
         return [
             {"id": k + 1, "image_id": img[k], "category_id": lab[k], "bbox": bl[k], "score": sc[k], "area": area[k],
              "iscrowd": 0, "segmentation": flat.det_masks[k]}

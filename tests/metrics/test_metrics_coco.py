@@ -171,3 +171,24 @@ def test_backends_agree_exactly():
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= ATOL for k in a)
     with pytest.raises(ValueError, match="backend"):
         coco_evaluate(gt, dt, "bbox", backend="nope")
+
+
+def test_mask_areas_of_more_than_255_instances():
+    """pycocotools 2.0.11's mask.area overflows past 255 RLEs in one call (found on Mask R-CNN's 200
+    validation images); rle_areas chunks the call."""
+    from metrics.coco import rle_areas
+    from metrics.torchmetrics_wrappers import encode_masks
+
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(rng.random((600, 12, 10)) > 0.7).to(torch.uint8)
+    assert np.array_equal(rle_areas(encode_masks(masks)), masks.sum((1, 2)).numpy().astype(np.float64))
+
+    metric = DetectionMetrics(protocols=("coco",), iou_type="segm")
+    for i in range(3):  # 3 images x 100 objects: one perfect detection each
+        m = masks[i * 100:(i + 1) * 100]
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 12.0]]).repeat(100, 1)
+        target = {"boxes": boxes, "labels": torch.ones(100, dtype=torch.int64), "masks": m, "image_id": i}
+        pred = {"boxes": boxes, "labels": torch.ones(100, dtype=torch.int64), "scores": torch.linspace(1, 0.5, 100),
+                "masks": m[:, None].float()}
+        metric.update([pred], [target])
+    assert metric.compute()["coco_segm/AP50"] == pytest.approx(1.0)
