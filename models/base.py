@@ -216,8 +216,11 @@ class DetectionModule(TaskModule):
         return self(images, targets)
 
     def set_nms_iou(self, iou: float) -> None:
-        """Change the test-time NMS IoU threshold (for the comparison's NMS sweep)."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its NMS threshold")
+        """Change the test-time NMS IoU threshold (for the comparison's NMS sweep). Models that keep it
+        as ``self.nms_thresh`` need nothing more; wrappers of torchvision detectors override this."""
+        if not hasattr(self, "nms_thresh"):
+            raise NotImplementedError(f"{type(self).__name__} does not expose its NMS threshold")
+        self.nms_thresh = float(iou)
 
     def _evaluate(self, batch: Any, collection: nn.ModuleDict) -> list[dict[str, Tensor]]:
         images, targets = batch

@@ -70,7 +70,9 @@ class RunMetadata(pl.Callback):
     """Saves :func:`run_info` as ``<log_dir>/run_info.json`` and in every W&B run's config."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir  # a collective under DDP (broadcast): every rank asks, rank 0 writes
+        # trainer.log_dir is a collective under DDP (broadcast): every rank asks, rank 0 writes. Without a
+        # logger it is the working directory: nothing is written there.
+        log_dir = trainer.log_dir if trainer.loggers else None
         self._write(trainer, stage, log_dir)
 
     @rank_zero_only

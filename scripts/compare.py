@@ -588,9 +588,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     published = load_published(REPO_ROOT / spec.get("published", "experiments/compare/published.yaml"))
     previous = {}
-    if (out / "results.json").exists() and not args.force:
+    if (out / "results.json").exists():
         previous = {r["run"]: r for r in json.loads((out / "results.json").read_text())}
-    rows: list[dict[str, Any]] = [r for r in previous.values() if r.get("status") == "ok"]
+    # rows already measured are kept (and skipped) unless --force reruns them; other runs' rows stay
+    rerun = {e.run for e in entries} if args.force else set()
+    rows: list[dict[str, Any]] = [r for r in previous.values() if r.get("status") == "ok" and r["run"] not in rerun]
     done = {r["run"] for r in rows}
     header = (f"## Comparison `{args.spec.name}` on {args.device} ({torch.get_num_threads()} threads), seed {args.seed}\n\n"
               f"Budget per model: {args.budget_s or spec.get('budget_s', 'config')} s of training.")

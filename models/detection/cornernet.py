@@ -315,6 +315,3 @@ class CornerNet(DetectionModule):
         scores, labels = detections["scores"][keep], detections["labels"][keep]
         keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
         return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
-
-    def set_nms_iou(self, iou: float) -> None:
-        self.nms_thresh = iou

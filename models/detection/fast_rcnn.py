@@ -125,6 +125,3 @@ class FastRCNN(SelectiveSearchDetector):
         self.proposals_seen += sum(counts)
         self.images_seen += len(images)
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
-
-    def set_nms_iou(self, iou: float) -> None:
-        self.nms_thresh = iou

@@ -139,3 +139,7 @@ class FasterRCNN(DetectionModule):
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         return self.detector(images, targets)
+
+    def set_nms_iou(self, iou: float) -> None:
+        """The per-class NMS of the final detections (the RPN's proposal NMS is a separate setting)."""
+        self.detector.roi_heads.nms_thresh = iou

@@ -215,6 +215,3 @@ class RCNN(SelectiveSearchDetector):
         self.proposals_seen += len(proposals)
         self.images_seen += 1
         return detections
-
-    def set_nms_iou(self, iou: float) -> None:
-        self.nms_thresh = iou

@@ -289,6 +289,3 @@ class YOLOv1(DetectionModule):
                 for o in output
             ]
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
-
-    def set_nms_iou(self, iou: float) -> None:
-        self.nms_thresh = iou

@@ -43,35 +43,72 @@ class ExpandingStep(nn.Module):
 
 @register_model("unet", family="semantic_segmentation", task="semantic")
 class UNet(SemanticSegmentationModule):
-    """U-Net with ``len(channels) - 1`` poolings.
+    """U-Net with ``len(channels) - 1`` poolings, or on a backbone's stages.
 
     Args:
         channels: widths of the levels, finest first (the paper: 64, 128, 256, 512, 1024).
+        backbone, weights, data_root: instead of the paper's contracting path, the stages of a
+            ``build_backbone`` body (as U-Nets on pretrained encoders do, e.g. TernausNet): ``small_cnn``
+            with ``weights: shapes`` (pretrained on the embedded dataset's crops, like every other
+            model here) or a torchvision network with its weights. The expanding path is the paper's,
+            one step per encoder stage, then 2x up-convolutions without skip back to full resolution.
     """
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 64, 128, 256), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        backbone: str | None = None,
+        weights: str | None = None,
+        data_root: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        if len(channels) < 2:
-            raise ValueError(f"U-Net needs at least two levels, got channels={list(channels)}")
         self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
-        widths = list(channels)
-        self.contracting = nn.ModuleList(double_conv(c_in, c_out) for c_in, c_out in zip([3] + widths[:-1], widths))
+        if backbone is None:
+            if len(channels) < 2:
+                raise ValueError(f"U-Net needs at least two levels, got channels={list(channels)}")
+            widths = list(channels)
+            self.encoder: nn.Module | None = None
+            self.contracting = nn.ModuleList(double_conv(c_in, c_out) for c_in, c_out in zip([3] + widths[:-1], widths))
+            self.stage_widths = {2**i: w for i, w in enumerate(widths)}  # level i at stride 2**i
+        else:
+            from models.segmentation.fcn import BackboneEncoder
+
+            self.encoder = BackboneEncoder(backbone, weights, data_root)
+            self.stage_widths = dict(self.encoder.stage_channels)
+        strides = sorted(self.stage_widths)
         self.expanding = nn.ModuleList(
-            ExpandingStep(widths[i + 1], widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+            ExpandingStep(self.stage_widths[coarse], self.stage_widths[fine], self.stage_widths[fine])
+            for fine, coarse in reversed(list(zip(strides[:-1], strides[1:])))
         )
-        self.classifier = nn.Conv2d(widths[0], self.num_classes + 1, 1)
-        self.size_multiple = 2 ** (len(widths) - 1)
+        finest = strides[0]
+        width = self.stage_widths[finest]
+        self.to_full_resolution = nn.Sequential(*[
+            nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2), double_conv(width, width))
+            for _ in range(finest.bit_length() - 1)
+        ])
+        self.classifier = nn.Conv2d(width, self.num_classes + 1, 1)
+        self.size_multiple = strides[-1]
+
+    def contract(self, x: Tensor) -> dict[int, Tensor]:
+        """The contracting path's maps by stride."""
+        if self.encoder is not None:
+            return dict(self.encoder(x)[0])
+        maps = {}
+        for i, level in enumerate(self.contracting):
+            x = level(x if i == 0 else F.max_pool2d(x, 2))
+            maps[2**i] = x
+        return maps
 
     def forward(self, images: Tensor) -> Tensor:
         height, width = images.shape[-2:]
         x = pad_to_multiple(self.normalize(images), self.size_multiple)
-        skips = []
         with self.stage_timer.stage("contracting"):
-            for i, level in enumerate(self.contracting):
-                x = level(x if i == 0 else F.max_pool2d(x, 2))
-                skips.append(x)
-        skips.pop()  # the bottom of the "U" feeds the expanding path directly
+            maps = self.contract(x)
         with self.stage_timer.stage("expanding"):
-            for step in self.expanding:
-                x = step(x, skips.pop())
+            strides = sorted(maps)
+            x = maps[strides[-1]]  # the bottom of the "U"
+            for step, stride in zip(self.expanding, reversed(strides[:-1])):
+                x = step(x, maps[stride])
+            x = self.to_full_resolution(x)
             return self.classifier(x)[..., :height, :width]

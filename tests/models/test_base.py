@@ -154,3 +154,19 @@ def test_mixed_precision_fit_on_cpu(precision, tmp_path):
                          enable_model_summary=False, accelerator="cpu")
     trainer.fit(model, train_dataloaders=loader)
     assert trainer.global_step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_every_registered_detector_exposes_its_nms_threshold():
+    """The comparison's NMS sweep calls set_nms_iou on every detector it sweeps."""
+    import models.detection  # noqa: F401  (registers the detectors)
+    import models.segmentation  # noqa: F401
+    from models.registry import list_models
+
+    for entry in list_models():
+        if entry.task == "semantic":
+            continue
+        model = entry.cls(num_classes=2)
+        model.set_nms_iou(0.42)
+        state = [getattr(model, "nms_thresh", None), getattr(getattr(model, "detector", None), "nms_thresh", None),
+                 getattr(getattr(getattr(model, "detector", None), "roi_heads", None), "nms_thresh", None)]
+        assert 0.42 in state, entry.name

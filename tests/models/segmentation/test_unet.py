@@ -49,3 +49,17 @@ def test_short_fit_lowers_the_loss(train_steps):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = train_steps(lambda: model.compute_losses(batch)["loss_ce"], optimizer, 40)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_on_a_backbone_the_expanding_path_takes_every_stage_and_returns_full_resolution():
+    torch.manual_seed(0)
+    model = UNet(backbone="small_cnn", num_classes=6)
+    strides = sorted(model.stage_widths)
+    assert strides[0] == 2 and len(model.expanding) == len(strides) - 1 and len(model.to_full_resolution) == 1
+    seen = []
+    for step in model.expanding:
+        step.convs.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    for train in (True, False):
+        model.train(train)
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, 7, 64, 64)
+    assert seen[: len(strides) - 1] == [(64 // s, 64 // s) for s in reversed(strides[:-1])]
