@@ -50,18 +50,17 @@ class ResumableShuffleSampler(Sampler[int]):
         length: dataset size.
         seed: base seed (the run's seed).
         rank, world_size: this process's shard.
-        shuffle: ``False`` keeps dataset order (still sharded and resumable).
 
     Indices are :class:`EpochIndex` es: ints that also carry the epoch, so the dataset can seed each
     sample's augmentation from ``(seed, epoch, index)``, in any worker, persistent or not.
     """
 
-    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.length, self.seed, self.rank, self.world_size, self.shuffle = length, int(seed), rank, world_size, shuffle
+        self.length, self.seed, self.rank, self.world_size = length, int(seed), rank, world_size
         self.epoch = 0
-        self._skip: dict[int, int] = {}
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples to skip), used once
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
@@ -73,25 +72,23 @@ class ResumableShuffleSampler(Sampler[int]):
         if samples_done >= len(self):
             epoch, samples_done = epoch + 1, 0
         self.set_epoch(epoch)
-        self._skip = {int(epoch): int(samples_done)} if samples_done else {}
+        self._resume_at = (int(epoch), int(samples_done))
 
     def __len__(self) -> int:
         return -(-self.length // self.world_size)
 
     def indices(self, epoch: int) -> list[int]:
         """This rank's full shard for ``epoch`` (no skipping)."""
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
-            order = torch.randperm(self.length, generator=generator).tolist()
-        else:
-            order = list(range(self.length))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        order = torch.randperm(self.length, generator=generator).tolist()
         total = len(self) * self.world_size
         order += order[: total - len(order)]  # pad with repeats so every rank makes the same steps
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch
-        skip = self._skip.pop(epoch, 0)
+        epoch, skip = self.epoch, 0
+        if self._resume_at is not None and self._resume_at[0] == epoch:
+            skip, self._resume_at = self._resume_at[1], None
         for index in self.indices(epoch)[skip:]:
             yield EpochIndex(index, epoch)
 

@@ -26,8 +26,9 @@ import pytorch_lightning as pl  # noqa: E402
 import yaml  # noqa: E402
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback  # noqa: E402
 
-#: environment variable naming a JSON file that receives the run's final metrics (scripts/sweep.py)
-METRICS_FILE_ENV = "CV_COURSE_METRICS_FILE"
+# the JSON file that receives the run's final metrics, for scripts/sweep.py
+from scripts.sweep import METRICS_FILE_ENV  # noqa: E402
+
 
 
 @dataclass

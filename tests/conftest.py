@@ -21,6 +21,17 @@ def _no_wandb_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
+@pytest.fixture(autouse=True)
+def _restore_deterministic_mode():
+    """Trainer(deterministic=True) switches torch's deterministic algorithms on for the whole process and
+    leaves them on; restore the setting so a test never depends on which tests ran before it."""
+    import torch
+
+    enabled = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled)
+
+
 #: the shapes dataset of the smoke tests: small enough to generate in about a second
 TINY_SHAPES = {"seed": 3, "num_train": 24, "num_val": 8, "size": 64}
 

@@ -28,7 +28,7 @@ from models.base import DetectionModule
 from models.parts.anchors import retinanet_anchor_generator
 from models.parts.backbones import Backbone
 from models.parts.losses import focal_loss
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_deferred_shapes_weights, load_pretrained_body
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
 from models.registry import register_model
 
@@ -162,10 +162,6 @@ class RetinaNet(DetectionModule):
         self.stage_timer.instrument(self.detector.backbone, "backbone")
         self.stage_timer.instrument(self.detector.head, "head")
         time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":  # the DataModule has generated the dataset by now
-            load_deferred_shapes_weights(self)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         if targets is not None:

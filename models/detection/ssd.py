@@ -21,7 +21,7 @@ from torchvision.models.detection.ssd import SSD as TorchvisionSSD, SSDHead
 
 from models.base import DetectionModule
 from models.parts.anchors import default_box_generator
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_deferred_shapes_weights, load_pretrained_body
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
 from models.registry import register_model
 
@@ -134,10 +134,6 @@ class SSD(DetectionModule):
         self.stage_timer.instrument(self.detector.backbone, "backbone")
         self.stage_timer.instrument(self.detector.head, "head")
         time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":  # the DataModule has generated the dataset by now
-            load_deferred_shapes_weights(self)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         return self.detector(images, targets)

@@ -29,7 +29,7 @@ from torchvision.ops import batched_nms, box_convert, clip_boxes_to_image
 
 from models.base import DetectionModule
 from models.parts.backbones import Backbone, conv_bn_relu
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_deferred_shapes_weights, load_pretrained_body
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.registry import register_model
 
 
@@ -267,10 +267,6 @@ class YOLOv1(DetectionModule):
         )
         self.stage_timer.instrument(self.backbone, "backbone")
         self.stage_timer.instrument(self.head, "head")
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":  # the DataModule has generated the dataset by now
-            load_deferred_shapes_weights(self)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         original_sizes = [tuple(image.shape[-2:]) for image in images]

@@ -35,8 +35,14 @@ def bed_of_nails_unpool(x: Tensor, factor: int = 2) -> Tensor:
 def max_unpool(x: Tensor, indices: Tensor, factor: int = 2, output_size: list[int] | None = None) -> Tensor:
     """Max unpooling (slide 137): every value goes back where its block's maximum was found by the
     matching ``max_pool2d(..., return_indices=True)``, zeros elsewhere. ``output_size`` restores an
-    odd input size the pooling floored."""
-    return F.max_unpool2d(x, indices, kernel_size=factor, stride=factor, output_size=output_size)
+    odd input size the pooling floored.
+
+    A scatter into the flattened output rather than ``F.max_unpool2d``, which has no deterministic
+    implementation and fails under ``torch.use_deterministic_algorithms`` (``trainer.deterministic: true``,
+    the shapes configs); the indices of non-overlapping windows never collide, so the result is the same."""
+    height, width = output_size[-2:] if output_size is not None else (x.shape[-2] * factor, x.shape[-1] * factor)
+    out = x.new_zeros(*x.shape[:-2], height * width)
+    return out.scatter(-1, indices.flatten(-2), x.flatten(-2)).view(*x.shape[:-2], height, width)
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:

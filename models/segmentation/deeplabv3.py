@@ -18,7 +18,7 @@ from torchvision.transforms import Normalize
 
 from models.base import SemanticSegmentationModule
 from models.parts.backbones import Backbone, conv_bn_relu
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_deferred_shapes_weights, load_pretrained_body
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.registry import register_model
 
 
@@ -80,10 +80,6 @@ class DeepLabV3(SemanticSegmentationModule):
         self.head = deeplab_head(self.backbone.out_channels, self.num_classes + 1, atrous_rates, aspp_channels)
         self.stage_timer.instrument(self.backbone, "backbone")
         self.stage_timer.instrument(self.head, "aspp_head")
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":  # weights: shapes, once the DataModule has generated the dataset
-            load_deferred_shapes_weights(self)
 
     def forward(self, images: Tensor) -> Tensor:
         features = self.backbone(self.normalize(images))["c5"]

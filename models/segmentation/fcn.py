@@ -24,7 +24,7 @@ from torchvision.transforms import Normalize
 
 from models.base import SemanticSegmentationModule
 from models.parts.backbones import conv_bn_relu
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_deferred_shapes_weights, load_pretrained_body
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.upsampling import UpsamplingKind, build_upsampler, pad_to_multiple
 from models.registry import register_model
 
@@ -172,10 +172,6 @@ class FCN(SemanticSegmentationModule):
         self.classifier = nn.Conv2d(self.decoder.out_channels, self.num_classes + 1, 1)
         self.stage_timer.instrument(self.encoder, "encoder")
         self.stage_timer.instrument(self.decoder, "decoder")
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":  # weights: shapes, once the DataModule has generated the dataset
-            load_deferred_shapes_weights(self)
 
     def forward(self, images: Tensor) -> Tensor:
         height, width = images.shape[-2:]

@@ -22,7 +22,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from models.base import InstanceSegmentationModule
 from models.parts.backbones import Backbone
-from models.parts.pretrain import load_deferred_shapes_weights, load_pretrained_body
+from models.parts.pretrain import load_pretrained_body
 from models.parts.timing import time_method
 from models.registry import register_model
 
@@ -107,10 +107,6 @@ class MaskRCNN(InstanceSegmentationModule):
         self.stage_timer.instrument(self.detector.rpn, "rpn")
         self.stage_timer.instrument(self.detector.roi_heads, "roi_heads")
         time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":  # weights: shapes, once the DataModule has generated the dataset
-            load_deferred_shapes_weights(self)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         return self.detector(images, targets)

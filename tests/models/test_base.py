@@ -170,3 +170,28 @@ def test_every_registered_detector_exposes_its_nms_threshold():
         state = [getattr(model, "nms_thresh", None), getattr(getattr(model, "detector", None), "nms_thresh", None),
                  getattr(getattr(getattr(model, "detector", None), "roi_heads", None), "nms_thresh", None)]
         assert 0.42 in state, entry.name
+
+
+def test_every_model_with_shapes_weights_loads_them_at_fit_setup(tiny_shapes_dataset):
+    """The base's setup("fit") loads ``weights: shapes`` for every model (no model needs its own hook)."""
+    import inspect
+
+    import models.detection  # noqa: F401
+    import models.segmentation  # noqa: F401
+    from models.registry import list_models
+
+    checked = []
+    for entry in list_models():
+        params = inspect.signature(entry.cls.__init__).parameters
+        if "weights" not in params or "data_root" not in params:
+            continue
+        extra = {"backbone": "small_cnn"} if "backbone" in params else {}
+        if entry.name == "fcn_max_unpool":
+            continue  # max unpooling needs the built-in encoder's indices: no pretrained body
+        model = entry.cls(num_classes=6, weights="shapes", data_root=str(tiny_shapes_dataset), **extra)
+        marked = [m for m in model.modules() if getattr(m, "deferred_shapes_weights", None) is not None]
+        assert marked, entry.name
+        model.setup("fit")
+        assert all(m.deferred_shapes_weights is None for m in marked), entry.name
+        checked.append(entry.name)
+    assert {"ssd", "retinanet", "yolo_v1", "fcn", "deeplabv3", "mask_rcnn", "unet", "faster_rcnn"} <= set(checked)

@@ -34,7 +34,7 @@ def _args(name: str, root: Path, out: Path) -> list[str]:
 
 
 def _validate(name: str, root: Path, out: Path, ckpt: Path, *extra: str) -> dict[str, float]:
-    metrics_file = out / f"metrics{'_'.join(extra)}.json".replace("--", "_").replace("=", "_")
+    metrics_file = out / f"metrics_{len(list(out.glob('metrics_*.json')))}.json"  # one file per call
     env = dict(os.environ, CV_COURSE_METRICS_FILE=str(metrics_file), WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(REPO / "scripts/train.py"), "validate", *_args(name, root, out), f"--ckpt_path={ckpt}", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -156,3 +156,18 @@ def test_pad_to_multiple_pads_bottom_right_only():
     assert torch.equal(out[..., :5, :], x) and out[..., 5:, :].abs().sum() == 0
     already = torch.ones(1, 1, 8, 12)
     assert pad_to_multiple(already, 4) is already
+
+
+def test_max_unpool_equals_torch_and_runs_in_deterministic_mode():
+    """``trainer.deterministic: true`` turns on torch's deterministic algorithms, under which
+    F.max_unpool2d raises; ours must run there and give the same map (odd sizes included)."""
+    x = torch.randn(2, 3, 9, 11)
+    pooled, indices = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    expected = torch.nn.functional.max_unpool2d(pooled, indices, 2, 2, output_size=[9, 11])
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = max_unpool(pooled, indices, output_size=[9, 11])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(out, expected)
