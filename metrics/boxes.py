@@ -1,10 +1,12 @@
 """Box overlap (IoU) under the two pixel conventions used by the detection benchmarks.
 
-* ``"continuous"``: a box ``[x1, y1, x2, y2]`` covers the real rectangle, width ``x2 - x1``
-  (COCO, torchvision, pycocotools).
-* ``"inclusive"``: coordinates index pixels and both corners are inside the box, width
-  ``x2 - x1 + 1`` (the Pascal VOC devkit, Everingham et al., IJCV 2010, and the course's
-  evaluator, slides 101-112).
+* ``"continuous"`` (the default, and the repo's one box convention, ``docs/data.md``): a box
+  ``[x1, y1, x2, y2]`` covers the real rectangle, width ``x2 - x1`` (COCO, torchvision,
+  pycocotools, and every box the repo's readers and models produce).
+* ``"inclusive"``: coordinates *index pixels* and both corners are inside the box, width
+  ``x2 - x1 + 1`` (the Pascal VOC devkit on raw XML values, the course's evaluator code). Use it
+  only for boxes that are still such pixel indices: inclusive IoU of ``[xmin, ymin, xmax, ymax]``
+  equals continuous IoU of ``[xmin - 1, ymin - 1, xmax, ymax]``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def box_area(boxes: Tensor, convention: Convention = "continuous") -> Tensor:
 def box_iou(a: Tensor, b: Tensor, convention: Convention = "continuous") -> Tensor:
     """Pairwise IoU of ``N x 4`` and ``M x 4`` xyxy boxes -> ``N x M`` (vectorised).
 
-    ``convention="inclusive"`` is the VOC devkit's +1 pixel rule (``w = x2 - x1 + 1``).
+    ``convention="inclusive"`` is the VOC devkit's +1 pixel rule (``w = x2 - x1 + 1``), for
+    pixel-index inputs only.
     Pairs whose union is 0 (two empty boxes) get IoU 0 rather than NaN.
     """
     a = torch.as_tensor(a)

@@ -4,14 +4,24 @@ Matching inside one image (``get_single_image_results``): every (prediction, GT)
 *strictly* greater than the threshold, sorted by IoU from high to low; walking that list, a pair
 is accepted "if appear firstly", i.e. neither its prediction nor its GT was accepted before.
 Accepted pairs are true positives, unmatched predictions false positives, unmatched GT false
-negatives. IoU counts pixels inclusively (``w = x2 - x1 + 1``). Equal IoUs keep the enumeration
-order (prediction-major in the given order, then GT in the given order; a stable sort).
+negatives. Equal IoUs are ordered as the reference code orders them: it enumerates the pairs
+prediction-major (then GT) and walks ``np.argsort(ious)[::-1]``, so among equal IoUs the pair
+enumerated *last* comes first. Like the reference, the result can then depend on the input order.
+Inside the precision/recall curve the reference first sorts each image's predictions by ascending
+score, so there equal IoUs go to the higher-scored prediction (equal scores: the later one).
+
+Boxes are the repo's continuous coordinates by default (``docs/data.md``, "Box convention"). The
+course code computes IoU on pixel indices with ``w = x2 - x1 + 1``; pass ``convention="inclusive"``
+for boxes in that form (it equals continuous IoU on ``(x1 - 1, y1 - 1, x2, y2)``).
 
 Precision/recall curve (``get_avg_precision_at_iou``): for every distinct score ``p_i``, *including
 the lowest one* ("I. Get boxes with p >= p1, i.e. all boxes"), keep the boxes with score >= p_i
 in every image, re-run the matching, and sum TP/FP/FN over all images. AP is the mean over the
-11 recall levels {0, 0.1, ..., 1} (exact tenths, as :mod:`metrics.voc`) of the highest precision
-at recall >= r, 0 where no point reaches r (the slide writes a sum; its code divides by 11).
+11 recall levels {0, 0.1, ..., 1} of the highest precision at recall >= r, 0 where no point
+reaches r (the slide writes a sum; its code divides by 11). The levels are the doubles nearest to
+``k / 10`` as the slide writes them (the reference's ``np.linspace(0, 1, 11)`` gives
+0.30000000000000004, 0.6000000000000001 and 0.7000000000000001; they differ only when a recall is
+exactly 0.3, 0.6 or 0.7).
 
 How it differs from the VOC devkit (:mod:`metrics.voc`): the devkit ranks detections by score
 and lets each one, in turn, claim its best-IoU GT (a high-scoring poor box can take a GT that a
@@ -22,8 +32,8 @@ one. Difficult GT are ordinary GT here (the devkit ignores them); crowd GT are l
 
 Departures from the public ``evaluator.py`` that carries these names: it keeps boxes with
 score *> threshold* and loops over ``model_thrs[:-1]``, so the lowest threshold ("all boxes") is
-never scored; we follow the slides and score every distinct threshold with ``>=``. It also uses
-numpy's (non-stable) ``argsort`` for IoU ties; we break ties by enumeration order.
+never scored; we follow the slides and score every distinct threshold with ``>=``. Its tie order
+comes from numpy's default ``argsort`` (stable on these small inputs); we use the stable sort.
 
 The curve is computed incrementally (one greedy matching per image and per score level where
 that image gains a box that overlaps some GT) rather than re-matching every image at every
@@ -37,9 +47,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .boxes import box_iou_numpy, pairwise_iou_numpy
+from .boxes import Convention, box_iou_numpy, pairwise_iou_numpy
 from .data import FlatDetections, candidate_pairs
-from .voc import ELEVEN_POINTS
+from .voc import TENTHS
 
 __all__ = [
     "get_single_image_results",
@@ -69,18 +79,20 @@ def _greedy(pair_pred: Iterable[int], pair_gt: Iterable[int]) -> list[tuple[int,
     return out
 
 
-def get_single_image_results(gt_boxes: Any, pred_boxes: Any, iou_thr: float) -> dict[str, int]:
-    """TP/FP/FN of one image: greedy one-to-one matching of pairs with IoU > ``iou_thr``,
-    highest IoU first (slides 101-102). Boxes are xyxy, inclusive-pixel IoU."""
+def get_single_image_results(
+    gt_boxes: Any, pred_boxes: Any, iou_thr: float, convention: Convention = "continuous"
+) -> dict[str, int]:
+    """TP/FP/FN of one image: greedy one-to-one matching of pairs with IoU > ``iou_thr``, highest
+    IoU first, equal IoUs last-enumerated first as the reference (slides 101-102). Boxes are xyxy."""
     gt = _boxes(gt_boxes)
     pred = _boxes(pred_boxes)
     if len(pred) == 0:
         return {"true_pos": 0, "false_pos": 0, "false_neg": len(gt)}
     if len(gt) == 0:
         return {"true_pos": 0, "false_pos": len(pred), "false_neg": 0}
-    iou = box_iou_numpy(pred, gt, "inclusive")
+    iou = box_iou_numpy(pred, gt, convention)
     p_idx, g_idx = np.nonzero(iou > iou_thr)  # row-major: prediction-major enumeration
-    order = np.argsort(-iou[p_idx, g_idx], kind="stable")
+    order = np.argsort(iou[p_idx, g_idx], kind="stable")[::-1]  # the reference's argsort(ious)[::-1]
     tp = len(_greedy(p_idx[order].tolist(), g_idx[order].tolist()))
     return {"true_pos": tp, "false_pos": len(pred) - tp, "false_neg": len(gt) - tp}
 
@@ -104,13 +116,15 @@ def eleven_point_ap(precisions: np.ndarray, recalls: np.ndarray) -> float:
     p = np.asarray(precisions, dtype=np.float64)
     r = np.asarray(recalls, dtype=np.float64)
     total = 0.0
-    for level in ELEVEN_POINTS:
+    for level in TENTHS:
         sel = p[r >= level]
         total += float(sel.max()) if sel.size else 0.0
     return total / 11.0
 
 
-def lecture_evaluate(flat: FlatDetections, iou_thr: float = 0.5) -> dict[int, dict[str, Any]]:
+def lecture_evaluate(
+    flat: FlatDetections, iou_thr: float = 0.5, convention: Convention = "continuous"
+) -> dict[int, dict[str, Any]]:
     """Per-class course-evaluator curves and AP over all images of ``flat``.
 
     Crowd GT are removed; difficult GT count as ordinary GT. Returns, per label,
@@ -123,14 +137,15 @@ def lecture_evaluate(flat: FlatDetections, iou_thr: float = 0.5) -> dict[int, di
     ev_label: list[int] = []
     ev_delta: list[int] = []
     if len(d_idx):
-        iou = pairwise_iou_numpy(flat.det_box[d_idx], gt_box[g_idx], "inclusive")
+        iou = pairwise_iou_numpy(flat.det_box[d_idx], gt_box[g_idx], convention)
         sel = iou > iou_thr
         d_idx, g_idx, iou = d_idx[sel], g_idx[sel], iou[sel]
         if len(d_idx):
             span = int(flat.det_label.max()) - int(flat.det_label.min()) + 1
             group = flat.det_img[d_idx] * span + (flat.det_label[d_idx] - int(flat.det_label.min()))
-            # group, then IoU descending, then enumeration order (pairs arrive enumeration-ordered)
-            order = np.lexsort((np.arange(len(d_idx)), -iou, group))
+            # group, IoU descending, then the reference's tie order: its predictions are sorted by
+            # ascending score and ties walked backwards -> higher score, later prediction, later GT
+            order = np.lexsort((-g_idx, -d_idx, -flat.det_score[d_idx], -iou, group))
             d_idx, g_idx, group = d_idx[order], g_idx[order], group[order]
             cuts = np.flatnonzero(np.r_[True, group[1:] != group[:-1], True])
             scores = flat.det_score
@@ -188,6 +203,7 @@ def get_avg_precision_at_iou(
     gt_boxes_by_image: Mapping[Any, Any],
     pred_boxes_and_scores_by_image: Mapping[Any, Mapping[str, Any]],
     iou_thr: float = 0.5,
+    convention: Convention = "continuous",
 ) -> dict[str, Any]:
     """Course AP of one class (slides 106-112).
 
@@ -206,7 +222,7 @@ def get_avg_precision_at_iou(
             raise ValueError(f"image {i!r}: {len(pb)} boxes but {len(ps)} scores")
         targets.append({"boxes": g, "labels": np.ones(len(g), np.int64)})
         preds.append({"boxes": pb, "scores": ps, "labels": np.ones(len(pb), np.int64)})
-    res = lecture_evaluate(FlatDetections.from_lists(preds, targets), iou_thr).get(1)
+    res = lecture_evaluate(FlatDetections.from_lists(preds, targets), iou_thr, convention).get(1)
     if res is None:  # no GT and no predictions anywhere
         return {"avg_prec": 0.0, "precisions": np.zeros(0), "recalls": np.zeros(0), "model_thrs": np.zeros(0)}
     return {k: res[k] for k in ("avg_prec", "precisions", "recalls", "model_thrs")}

@@ -57,8 +57,12 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     return torch.bincount(t * c + p, minlength=c * c).reshape(c, c)
 
 
-def segmentation_scores(cm: Tensor | np.ndarray) -> dict[str, object]:
+def segmentation_scores(cm: Tensor | np.ndarray, ignore_index: int | None = None) -> dict[str, object]:
     """Metrics of a confusion matrix (rows GT, columns prediction).
+
+    An ``ignore_index`` inside ``[0, C)`` names a class that is not scored: its per-class values
+    are NaN and it is left out of every mean (its GT pixels are already out of ``cm``; pixels of
+    other classes predicted as it still count as their false negatives).
 
     * ``pixel_accuracy`` = trace / total;
     * ``mean_pixel_accuracy`` = mean over classes *with GT pixels* of ``cm[i,i] / sum_j cm[i,j]``;
@@ -76,6 +80,12 @@ def segmentation_scores(cm: Tensor | np.ndarray) -> dict[str, object]:
     fp, fn = pr - tp, gt - tp
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     present = (gt + pr) > 0
+    if ignore_index is not None and 0 <= ignore_index < m.shape[0]:
+        present[ignore_index] = False
+        gt = gt.clone()
+        gt[ignore_index] = 0
+        pr = pr.clone()
+        pr[ignore_index] = 0
     iou = torch.where(present, tp / (tp + fp + fn).clamp(min=1e-300), nan)
     dice = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1e-300), nan)
     precision = torch.where(pr > 0, tp / pr.clamp(min=1e-300), nan)

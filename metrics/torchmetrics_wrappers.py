@@ -10,22 +10,25 @@ grouping of every rank. If targets carry an ``image_id``, an image seen twice (e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchvision.ops import box_convert
 
-from .coco import coco_evaluate_flat
+from .coco import _check_settings, coco_evaluate_flat
 from .data import FlatDetections
 from .lecture import lecture_evaluate, lecture_map
 from .segmentation import confusion_matrix, segmentation_scores
-from .voc import ELEVEN_POINTS, voc_evaluate, voc_map
+from .voc import eleven_points, voc_evaluate, voc_map
 
 __all__ = ["DetectionMetrics", "SegmentationMetrics", "encode_masks", "evaluate_detections", "segmentation_summary"]
 
 PROTOCOLS = ("lecture", "voc07", "voc", "coco")
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 
 def encode_masks(masks: Tensor | np.ndarray) -> list[dict]:
@@ -67,12 +70,21 @@ def _tensors_to_rles(data: np.ndarray, lens: np.ndarray, hw: np.ndarray) -> list
 class DetectionMetrics(Metric):
     """Course evaluator, Pascal VOC (2007 11-point and 2010+ all-point) and COCO metrics.
 
-    ``update(preds, targets)`` takes torchvision-style lists of dicts: preds ``boxes`` (float xyxy
-    pixels, N x 4), ``scores`` (N), ``labels`` (int64 N), optional ``masks`` (N x H x W binary or
-    N x 1 x H x W probabilities); targets ``boxes``, ``labels`` (1..K), optional ``difficult``,
-    ``iscrowd``, ``area``, ``masks`` (N x H x W), ``image_id``. ``compute()`` returns the flat dict
-    of ``scripts/evaluate.py`` (COCO keys ``coco/...`` for boxes, ``coco_segm/...`` for masks).
-    VOC and the course evaluator always use the boxes (inclusive-pixel IoU, ``iou_threshold``).
+    ``update(preds, targets)`` takes torchvision-style lists of dicts: preds ``boxes`` (float pixels,
+    N x 4, in ``box_format``), ``scores`` (N), ``labels`` (int64 N), optional ``masks`` (N x H x W
+    binary or N x 1 x H x W probabilities); targets ``boxes``, ``labels`` (1..K), optional
+    ``difficult``, ``iscrowd``, ``area``, ``masks`` (N x H x W), ``image_id``. ``compute()`` returns
+    the flat dict of ``scripts/evaluate.py`` (COCO keys ``coco/...`` for boxes, ``coco_segm/...``
+    for masks). Boxes are continuous pixel coordinates (``docs/data.md``); VOC and the course
+    evaluator use the boxes at ``iou_threshold`` with continuous IoU.
+
+    torchmetrics-style COCO settings: ``iou_thresholds``, ``rec_thresholds``,
+    ``max_detection_thresholds`` (see :mod:`metrics.coco` for the keys they give), ``class_metrics``
+    (adds ``coco/AP/<name>`` and ``coco/AR<last max dets>/<name>``), ``box_format`` (``xyxy``,
+    ``xywh`` or ``cxcywh``, for preds and targets). ``class_names``: a list (label ``i`` is
+    ``class_names[i - 1]``, labels 1..K) or a ``{label: name}`` mapping (any labels, 0 included);
+    a GT label without a name raises ``ValueError`` in ``compute()``. ``voc07_grid``: the recall
+    levels of the VOC2007 AP, ``"devkit"`` (default) or ``"tenths"``.
     """
 
     is_differentiable = False
@@ -83,9 +95,15 @@ class DetectionMetrics(Metric):
         self,
         protocols: Sequence[str] = PROTOCOLS,
         iou_type: str | Sequence[str] = "bbox",
-        class_names: list[str] | None = None,
+        class_names: Sequence[str] | Mapping[int, str] | None = None,
         iou_threshold: float = 0.5,
         coco_backend: str = "faster_coco_eval",
+        iou_thresholds: Sequence[float] | None = None,
+        rec_thresholds: Sequence[float] | None = None,
+        max_detection_thresholds: Sequence[int] | None = None,
+        class_metrics: bool = False,
+        box_format: str = "xyxy",
+        voc07_grid: str = "devkit",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -95,11 +113,31 @@ class DetectionMetrics(Metric):
         iou_types = (iou_type,) if isinstance(iou_type, str) else tuple(iou_type)
         if not iou_types or any(t not in ("bbox", "segm") for t in iou_types):
             raise ValueError(f"iou_type must be 'bbox', 'segm' or both, got {iou_type!r}")
+        if box_format not in BOX_FORMATS:
+            raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
+        if coco_backend not in ("faster_coco_eval", "pycocotools"):
+            raise ValueError(f"coco_backend must be 'faster_coco_eval' or 'pycocotools', got {coco_backend!r}")
+        eleven_points(voc07_grid)  # validates
+        _check_settings(iou_thresholds, rec_thresholds, max_detection_thresholds)
         self.protocols = tuple(protocols)
         self.iou_types = iou_types
-        self.class_names = list(class_names) if class_names is not None else None
+        if class_names is None or isinstance(class_names, Mapping):
+            self.class_names = None if class_names is None else {int(k): str(v) for k, v in class_names.items()}
+            self._names = self.class_names
+        else:
+            self.class_names = [str(n) for n in class_names]
+            self._names = {i + 1: n for i, n in enumerate(self.class_names)}
         self.iou_threshold = float(iou_threshold)
         self.coco_backend = coco_backend
+        self.coco_settings = {
+            "iou_thresholds": None if iou_thresholds is None else [float(v) for v in iou_thresholds],
+            "rec_thresholds": None if rec_thresholds is None else [float(v) for v in rec_thresholds],
+            "max_detection_thresholds": None if max_detection_thresholds is None
+            else [int(v) for v in max_detection_thresholds],
+            "per_class": bool(class_metrics),
+        }
+        self.box_format = box_format
+        self.voc07_grid = voc07_grid
         self.with_masks = "segm" in iou_types
         for name in ("img_ndet", "img_ngt", "img_id", "img_hw", "det_boxes", "det_scores", "det_labels",
                      "gt_boxes", "gt_labels", "gt_difficult", "gt_crowd", "gt_area"):
@@ -126,6 +164,9 @@ class DetectionMetrics(Metric):
                     raise ValueError(f"{where}[{i}] has no '{key}'")
             pb = torch.as_tensor(p["boxes"]).reshape(-1, 4)
             tb = torch.as_tensor(t["boxes"]).reshape(-1, 4)
+            if self.box_format != "xyxy":
+                pb = box_convert(pb, self.box_format, "xyxy")
+                tb = box_convert(tb, self.box_format, "xyxy")
             n, m = pb.shape[0], tb.shape[0]
             if torch.as_tensor(p["scores"]).numel() != n or torch.as_tensor(p["labels"]).numel() != n:
                 raise ValueError(f"preds[{i}]: boxes, scores and labels differ in length")
@@ -216,15 +257,20 @@ class DetectionMetrics(Metric):
         return _drop_duplicate_images(flat)
 
     def _label_names(self, flat: FlatDetections) -> dict[int, str]:
-        if self.class_names is not None:
-            return {i + 1: name for i, name in enumerate(self.class_names)}
-        return {int(k): str(int(k)) for k in flat.labels}
+        if self._names is None:
+            return {int(k): str(int(k)) for k in flat.labels}
+        missing = sorted(set(np.unique(flat.gt_label).tolist()) - set(self._names))
+        if missing:
+            how = ("a list names labels 1..K: label i is class_names[i - 1]; pass a {label: name} dict"
+                   if isinstance(self.class_names, list) else "add them to the dict")
+            raise ValueError(f"ground-truth label(s) {missing} have no name in class_names ({how})")
+        return dict(self._names)
 
     def compute(self) -> dict[str, float]:
         """Every metric of the chosen protocols as a flat ``{key: float}`` dict (-1 = undefined)."""
         flat = self.flat()
         return evaluate_detections(flat, self.protocols, self.iou_types, self._label_names(flat),
-                                   self.iou_threshold, self.coco_backend)
+                                   self.iou_threshold, self.coco_backend, self.coco_settings, self.voc07_grid)
 
     def pr_curves(self) -> dict[str, dict[str, np.ndarray | float]]:
         """Per-class VOC (devkit-ranked) precision/recall curves for plots.
@@ -235,13 +281,14 @@ class DetectionMetrics(Metric):
         flat = self.flat()
         names = self._label_names(flat)
         out = {}
-        for lab, r in voc_evaluate(flat, self.iou_threshold, "inclusive").items():
+        grid = eleven_points(self.voc07_grid)
+        for lab, r in voc_evaluate(flat, self.iou_threshold, "continuous", eleven_point_grid=self.voc07_grid).items():
             if r.npos == 0:
                 continue
             rec, prec = r.recall, r.precision
-            p11 = np.array([prec[rec >= t].max() if (rec >= t).any() else 0.0 for t in ELEVEN_POINTS])
+            p11 = np.array([prec[rec >= t].max() if (rec >= t).any() else 0.0 for t in grid])
             out[names.get(lab, str(lab))] = {"recall": rec, "precision": prec, "ap": r.ap, "ap07": r.ap07,
-                                             "recall_11": ELEVEN_POINTS.copy(), "precision_11": p11}
+                                             "recall_11": grid.copy(), "precision_11": p11}
         return out
 
 
@@ -279,18 +326,34 @@ def evaluate_detections(
     names: dict[int, str] | None = None,
     iou_threshold: float = 0.5,
     coco_backend: str = "faster_coco_eval",
+    coco_settings: Mapping[str, Any] | None = None,
+    voc07_grid: str = "devkit",
 ) -> dict[str, float]:
-    """Shared by :class:`DetectionMetrics` and ``scripts/evaluate.py``: the flat metric dict."""
+    """Shared by :class:`DetectionMetrics` and ``scripts/evaluate.py``: the flat metric dict.
+
+    Boxes are continuous (``docs/data.md``). ``coco_settings``: keyword settings of
+    :func:`metrics.coco.coco_evaluate`; per-class COCO keys use ``names``.
+    """
     protocols = tuple(protocols)
     names = names if names is not None else {int(k): str(int(k)) for k in flat.labels}
     out: dict[str, float] = {}
     if "coco" in protocols:
         for iou_type in iou_types:
             prefix = "coco" if iou_type == "bbox" else "coco_segm"
-            for k, v in coco_evaluate_flat(flat, iou_type, coco_backend).items():
+            for k, v in coco_evaluate_flat(flat, iou_type, coco_backend, **dict(coco_settings or {})).items():
+                if "/" in k:  # per class: "<stat>/<label>"
+                    stat, lab = k.split("/")
+                    if int(lab) not in names:
+                        continue
+                    k = f"{stat}/{names[int(lab)]}"
                 out[f"{prefix}/{k}"] = v
+            if coco_settings and coco_settings.get("per_class"):
+                ar = f"AR{int((coco_settings.get('max_detection_thresholds') or [100])[-1])}"
+                for name in names.values():  # classes without data: undefined
+                    out.setdefault(f"{prefix}/AP/{name}", -1.0)
+                    out.setdefault(f"{prefix}/{ar}/{name}", -1.0)
     if "voc07" in protocols or "voc" in protocols:
-        voc = voc_evaluate(flat, iou_threshold, "inclusive")
+        voc = voc_evaluate(flat, iou_threshold, "continuous", eleven_point_grid=voc07_grid)
         for proto, use07 in (("voc07", True), ("voc", False)):
             if proto not in protocols:
                 continue
@@ -299,7 +362,7 @@ def evaluate_detections(
                 r = voc.get(lab)
                 out[f"{proto}/AP/{name}"] = -1.0 if r is None or r.npos == 0 else float(r.ap07 if use07 else r.ap)
     if "lecture" in protocols:
-        out["lecture/mAP"] = lecture_map(lecture_evaluate(flat, iou_threshold))
+        out["lecture/mAP"] = lecture_map(lecture_evaluate(flat, iou_threshold, "continuous"))
     return out
 
 
@@ -314,6 +377,8 @@ class SegmentationMetrics(Metric):
     full_state_update = False
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255, **kwargs: Any) -> None:
+        """``ignore_index``: GT value left out; one inside ``[0, num_classes)`` is also left out of
+        every mean (its ``iou/<i>`` is -1), as torchmetrics' ``MulticlassJaccardIndex`` does."""
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
@@ -326,12 +391,13 @@ class SegmentationMetrics(Metric):
 
     def compute(self) -> dict[str, float]:
         """Flat dict; -1 where a value is undefined (class absent from GT and prediction)."""
-        return segmentation_summary(self.confmat)
+        return segmentation_summary(self.confmat, self.ignore_index)
 
 
-def segmentation_summary(cm: Tensor | np.ndarray) -> dict[str, float]:
-    """``pixel_accuracy, mean_pixel_accuracy, mean_iou, mean_dice, iou/<i>`` (-1 if undefined)."""
-    s = segmentation_scores(cm)
+def segmentation_summary(cm: Tensor | np.ndarray, ignore_index: int | None = None) -> dict[str, float]:
+    """``pixel_accuracy, mean_pixel_accuracy, mean_iou, mean_dice, iou/<i>`` (-1 if undefined);
+    an ``ignore_index`` inside the class range is left out of the means."""
+    s = segmentation_scores(cm, ignore_index)
 
     def clean(v: float) -> float:
         return -1.0 if v != v else float(v)

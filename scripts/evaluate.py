@@ -4,11 +4,14 @@
   python scripts/evaluate.py detection --gt GT.json --dt DT.json [--iou-type bbox|segm] [--json OUT]
   python scripts/evaluate.py semantic --gt DIR --pred DIR --num-classes K [--ignore-index 255] [--json OUT]
 
-Detection: COCO numbers (continuous IoU, pycocotools semantics, via faster-coco-eval), Pascal VOC
-2007 (11-point) and 2010+ (all-point) AP and the course evaluator's mAP (inclusive-pixel IoU; a
-COCO box [x, y, w, h] is taken as the corners (x, y, x+w, y+h)). A ``difficult`` key on a GT
-annotation marks a VOC difficult object; crowd GT are ignored by VOC and left out of the course
-evaluator (where difficult GT count as ordinary GT). Values are in [0, 1]; -1 where undefined.
+Detection: COCO numbers (pycocotools semantics, via faster-coco-eval), Pascal VOC 2007 (11-point,
+the devkit's recall levels) and 2010+ (all-point) AP and the course evaluator's mAP. Every protocol
+reads a COCO box [x, y, w, h] as the continuous corners (x, y, x+w, y+h) (``docs/data.md``, "Box
+convention"); segm results get their VOC/course box from the mask, their COCO area from the mask. A
+``difficult`` key on a GT annotation marks a VOC difficult object; crowd GT are ignored by VOC and
+left out of the course evaluator (where difficult GT count as ordinary GT). Detections must name GT
+categories and images; annotation ids must be unique. Values are in [0, 1]; -1 where undefined.
+The ``--json`` path is checked for writability before any work.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,21 @@ def _check_segm(path: Path, where: str, v: Any) -> None:
         raise InputError(f"{path}: {where}.segmentation: expected polygons or an RLE dict with 'size' and 'counts'")
 
 
+def _mask_area(segm: Any, images: list[dict], image_id: int) -> float:
+    """Pixel area of a GT segmentation (polygons or RLE), as COCO stores ``area``."""
+    from pycocotools import mask as mask_utils
+
+    im = next(im for im in images if im["id"] == image_id)
+    h, w = im["height"], im["width"]
+    if isinstance(segm, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+    elif isinstance(segm["counts"], list):
+        rle = mask_utils.frPyObjects(segm, h, w)
+    else:
+        rle = segm
+    return float(mask_utils.area(rle))
+
+
 def load_detection_inputs(gt_path: Path, dt_path: Path, iou_type: str) -> tuple[dict, list[dict]]:
     """Load and validate a COCO GT file and a COCO results file."""
     gt = _load_json(gt_path)
@@ -72,12 +91,17 @@ def load_detection_inputs(gt_path: Path, dt_path: Path, iou_type: str) -> tuple[
             raise InputError(f"{gt_path}: images[{i}].id: expected an integer")
         if iou_type == "segm" and not (isinstance(im.get("height"), int) and isinstance(im.get("width"), int)):
             raise InputError(f"{gt_path}: images[{i}].height/width: needed for iou_type segm")
+        if im["id"] in img_ids:
+            raise InputError(f"{gt_path}: images[{i}].id: duplicate image id {im['id']}")
         img_ids.add(im["id"])
     cat_ids = set()
     for i, c in enumerate(gt["categories"]):
         if not isinstance(c, dict) or not isinstance(c.get("id"), int):
             raise InputError(f"{gt_path}: categories[{i}].id: expected an integer")
+        if c["id"] in cat_ids:
+            raise InputError(f"{gt_path}: categories[{i}].id: duplicate category id {c['id']}")
         cat_ids.add(c["id"])
+    ann_ids: dict[int, int] = {}
     for i, a in enumerate(gt["annotations"]):
         where = f"annotations[{i}]"
         if not isinstance(a, dict):
@@ -85,6 +109,10 @@ def load_detection_inputs(gt_path: Path, dt_path: Path, iou_type: str) -> tuple[
         for key in ("id", "image_id", "category_id"):
             if not isinstance(a.get(key), int):
                 raise InputError(f"{gt_path}: {where}.{key}: expected an integer, got {a.get(key)!r}")
+        if a["id"] in ann_ids:
+            raise InputError(f"{gt_path}: {where}.id: duplicate annotation id {a['id']} "
+                             f"(also annotations[{ann_ids[a['id']]}])")
+        ann_ids[a["id"]] = i
         if a["image_id"] not in img_ids:
             raise InputError(f"{gt_path}: {where}.image_id: {a['image_id']} is not in images")
         if a["category_id"] not in cat_ids:
@@ -95,7 +123,9 @@ def load_detection_inputs(gt_path: Path, dt_path: Path, iou_type: str) -> tuple[
         if iou_type == "segm":
             _check_segm(gt_path, where, a.get("segmentation"))
         a.setdefault("iscrowd", 0)
-        a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
+        if "area" not in a:
+            a["area"] = _mask_area(a["segmentation"], gt["images"], a["image_id"]) if iou_type == "segm" \
+                else float(a["bbox"][2] * a["bbox"][3])
     dt = _load_json(dt_path)
     if not isinstance(dt, list):
         raise InputError(f"{dt_path}: expected a JSON list of results")
@@ -108,6 +138,8 @@ def load_detection_inputs(gt_path: Path, dt_path: Path, iou_type: str) -> tuple[
                 raise InputError(f"{dt_path}: {where}.{key}: expected an integer, got {d.get(key)!r}")
         if d["image_id"] not in img_ids:
             raise InputError(f"{dt_path}: {where}.image_id: {d['image_id']} is not in the GT images")
+        if d["category_id"] not in cat_ids:
+            raise InputError(f"{dt_path}: {where}.category_id: {d['category_id']} is not in the GT categories")
         if not _number(d.get("score")):
             raise InputError(f"{dt_path}: {where}.score: expected a number, got {d.get('score')!r}")
         if iou_type == "segm":
@@ -129,14 +161,15 @@ def detection_metrics(gt: dict, dt: list[dict], iou_type: str = "bbox") -> dict[
     from metrics.data import FlatDetections
     from metrics.torchmetrics_wrappers import evaluate_detections
 
-    if iou_type == "segm":
-        for d in dt:
-            if "bbox" not in d:
-                d["bbox"] = mask_utils.toBbox(d["segmentation"]).tolist()
     out: dict[str, float] = {}
     prefix = "coco" if iou_type == "bbox" else "coco_segm"
-    for k, v in coco_evaluate(gt, dt, iou_type).items():
+    # segm: COCO takes the results as masks only (area = mask area, as loadRes does for them); a
+    # bbox in the results would make loadRes use box areas for the size ranges
+    coco_dt = [{k: v for k, v in d.items() if k != "bbox"} for d in dt] if iou_type == "segm" else dt
+    for k, v in coco_evaluate(gt, coco_dt, iou_type).items():
         out[f"{prefix}/{k}"] = v
+    det_boxes = [mask_utils.toBbox(d["segmentation"]).tolist() if iou_type == "segm" and "bbox" not in d
+                 else d["bbox"] for d in dt]
 
     images = [im["id"] for im in gt["images"]]
     index = {i: k for k, i in enumerate(images)}
@@ -150,7 +183,7 @@ def detection_metrics(gt: dict, dt: list[dict], iou_type: str = "bbox") -> dict[
         det_img=np.array([index[d["image_id"]] for d in dt], np.int64),
         det_label=np.array([d["category_id"] for d in dt], np.int64),
         det_score=np.array([d["score"] for d in dt], np.float64),
-        det_box=np.array([xyxy(d["bbox"]) for d in dt], np.float64).reshape(-1, 4),
+        det_box=np.array([xyxy(b) for b in det_boxes], np.float64).reshape(-1, 4),
         gt_img=np.array([index[a["image_id"]] for a in anns], np.int64),
         gt_label=np.array([a["category_id"] for a in anns], np.int64),
         gt_box=np.array([xyxy(a["bbox"]) for a in anns], np.float64).reshape(-1, 4),
@@ -178,7 +211,8 @@ def _read_label_png(path: Path) -> np.ndarray:
 
 
 def semantic_metrics(gt_dir: Path, pred_dir: Path, num_classes: int, ignore_index: int = 255) -> dict[str, float]:
-    """Metrics over two folders of PNG label maps with the same file names."""
+    """Metrics over two folders of PNG label maps with the same file names (an ``ignore_index``
+    inside the class range is also left out of the means)."""
     import torch
 
     from metrics.segmentation import confusion_matrix
@@ -208,7 +242,23 @@ def semantic_metrics(gt_dir: Path, pred_dir: Path, num_classes: int, ignore_inde
             cm += confusion_matrix(torch.from_numpy(p), torch.from_numpy(g), num_classes, ignore_index)
         except ValueError as e:
             raise InputError(f"{gt_dir / name} / {pred_dir / name}: {e}") from None
-    return segmentation_summary(cm)
+    return segmentation_summary(cm, ignore_index)
+
+
+def check_writable(path: Path) -> None:
+    """Raise :class:`InputError` naming ``path`` if a file cannot be written there (no file is left
+    behind by the check)."""
+    if path.is_dir():
+        raise InputError(f"{path}: cannot write the metrics: is a directory")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the metrics: {e.strerror or e}") from None
+    if not existed:
+        os.unlink(path)
 
 
 def print_table(metrics: dict[str, float], stream: Any = sys.stdout) -> None:
@@ -235,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     sem.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
+        if args.json is not None:
+            check_writable(args.json)
         if args.task == "detection":
             gt, dt = load_detection_inputs(args.gt, args.dt, args.iou_type)
             result = detection_metrics(gt, dt, args.iou_type)
@@ -247,8 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_table(result)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        try:
+            args.json.write_text(json.dumps(result, indent=2))
+        except OSError as e:  # e.g. the folder vanished while evaluating
+            print(f"evaluate.py: error: {args.json}: cannot write the metrics: {e.strerror or e}", file=sys.stderr)
+            return 2
     return 0
 
 

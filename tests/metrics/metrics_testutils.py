@@ -114,7 +114,8 @@ def coco_to_torchvision(gt: dict, dt: list[dict]) -> tuple[list[dict], list[dict
 def devkit_reference(gts: list[dict], dets: list[tuple[int, float, list[float]]]) -> tuple[float, float, int]:
     """Loop-by-loop Pascal VOC devkit (one class): returns (all-point AP, 11-point AP, npos).
 
-    ``gts[i] = {"boxes": [[x1, y1, x2, y2], ...], "difficult": [bool, ...]}``; dets (image, score, box).
+    Boxes are devkit pixel indices (the +1 below). ``gts[i] = {"boxes": [[x1, y1, x2, y2], ...],
+    "difficult": [bool, ...]}``; dets (image, score, box).
     """
     npos = sum(1 for g in gts for d in g["difficult"] if not d)
     used = [[False] * len(g["boxes"]) for g in gts]
@@ -150,8 +151,9 @@ def devkit_reference(gts: list[dict], dets: list[tuple[int, float, list[float]]]
     rec = ctp / npos
     prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
     ap11 = 0.0
-    for k in range(11):
-        sel = prec[rec >= k / 10]
+    # MATLAB's 0:0.1:1 element by element: k * 0.1 up to the middle, 1 - k * 0.1 after it
+    for t in [k * 0.1 for k in range(5)] + [0.5] + [1.0 - k * 0.1 for k in range(4, -1, -1)]:
+        sel = prec[rec >= t]
         ap11 += (sel.max() if sel.size else 0.0) / 11
     mrec = [0.0, *rec.tolist(), 1.0]
     mpre = [0.0, *prec.tolist(), 0.0]

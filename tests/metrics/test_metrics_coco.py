@@ -192,3 +192,35 @@ def test_mask_areas_of_more_than_255_instances():
                 "masks": m[:, None].float()}
         metric.update([pred], [target])
     assert metric.compute()["coco_segm/AP50"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_coco_evaluate_leaves_the_inputs_alone(backend):
+    import copy
+
+    from pycocotools import mask as mask_utils
+
+    gt, dt = random_coco_case(6)
+    gt0, dt0 = copy.deepcopy(gt), copy.deepcopy(dt)
+    first = coco_evaluate(gt, dt, "bbox", backend)
+    assert gt == gt0 and dt == dt0
+    assert coco_evaluate(gt, dt, "bbox", backend) == first
+    # segm results: loadRes used to write a numpy bbox into them, and a second call then failed
+    h, w = 30, 40
+    images = [{"id": 1, "height": h, "width": w}]
+    m = np.zeros((h, w), np.uint8)
+    m[5:20, 4:30] = 1
+    rle = mask_utils.encode(np.asfortranarray(m))
+    rle["counts"] = rle["counts"].decode()
+    sgt = {"images": images, "categories": [{"id": 1, "name": "a"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "area": float(m.sum()),
+                            "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0}]}
+    d = np.roll(m, 2, axis=1)
+    drle = mask_utils.encode(np.asfortranarray(d))
+    drle["counts"] = drle["counts"].decode()
+    sdt = [{"image_id": 1, "category_id": 1, "segmentation": drle, "score": 0.7}]
+    sdt0 = copy.deepcopy(sdt)
+    a = coco_evaluate(sgt, sdt, "segm", backend)
+    assert sdt == sdt0
+    assert coco_evaluate(sgt, sdt, "segm", backend) == a
+    np.testing.assert_allclose([a[k] for k in COCO_STAT_NAMES], pycocotools_stats(sgt, sdt0, "segm"), rtol=0, atol=ATOL)

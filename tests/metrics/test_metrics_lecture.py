@@ -11,8 +11,40 @@ from metrics.lecture import (
 )
 
 
-def box(x, y, s=9):
-    return [x, y, x + s, y + s]  # inclusive: 10 x 10 pixels
+def box(x, y, s=10):
+    return [x, y, x + s, y + s]  # continuous: 10 x 10 pixels
+
+
+def reference_single_image(gt_boxes, pred_boxes, iou_thr, plus_one=True):
+    """Literal port of the public evaluator.py's matching (pixel-index IoU with +1 there)."""
+    off = 1.0 if plus_one else 0.0
+
+    def iou_of(p, g):
+        if g[2] < p[0] or p[2] < g[0] or g[3] < p[1] or p[3] < g[1]:
+            return 0.0
+        inter = max(min(g[2], p[2]) - max(g[0], p[0]) + off, 0) * max(min(g[3], p[3]) - max(g[1], p[1]) + off, 0)
+        area_g = (g[2] - g[0] + off) * (g[3] - g[1] + off)
+        area_p = (p[2] - p[0] + off) * (p[3] - p[1] + off)
+        return inter / (area_g + area_p - inter)
+
+    if len(pred_boxes) == 0:
+        return {"true_pos": 0, "false_pos": 0, "false_neg": len(gt_boxes)}
+    if len(gt_boxes) == 0:
+        return {"true_pos": 0, "false_pos": len(pred_boxes), "false_neg": 0}
+    gi, pi, ious = [], [], []
+    for ip, p in enumerate(pred_boxes):
+        for ig, g in enumerate(gt_boxes):
+            v = iou_of(p, g)
+            if v > iou_thr:
+                gi.append(ig)
+                pi.append(ip)
+                ious.append(v)
+    gm, pm = [], []
+    for idx in np.argsort(ious, kind="stable")[::-1]:  # numpy's default sort is stable on such inputs
+        if gi[idx] not in gm and pi[idx] not in pm:
+            gm.append(gi[idx])
+            pm.append(pi[idx])
+    return {"true_pos": len(gm), "false_pos": len(pred_boxes) - len(pm), "false_neg": len(gt_boxes) - len(gm)}
 
 
 def test_slides_worked_example_precision_recall():
@@ -44,9 +76,53 @@ def test_edge_cases_and_strict_threshold():
     assert get_single_image_results([box(0, 0)], [], 0.5) == {"true_pos": 0, "false_pos": 0, "false_neg": 1}
     assert get_single_image_results([], [box(0, 0)], 0.5) == {"true_pos": 0, "false_pos": 1, "false_neg": 0}
     assert calc_precision_recall([]) == (0.0, 0.0)
-    # inclusive IoU exactly 0.5: [0,0,9,9] vs [0,0,9,4] -> 50 / 100; strictly greater is required
-    assert get_single_image_results([box(0, 0)], [[0, 0, 9, 4]], 0.5)["true_pos"] == 0
-    assert get_single_image_results([box(0, 0)], [[0, 0, 9, 4]], 0.49)["true_pos"] == 1
+    # IoU exactly 0.5: [0,0,10,10] vs [0,0,10,5] -> 50 / 100; strictly greater is required
+    assert get_single_image_results([box(0, 0)], [[0, 0, 10, 5]], 0.5)["true_pos"] == 0
+    assert get_single_image_results([box(0, 0)], [[0, 0, 10, 5]], 0.49)["true_pos"] == 1
+    # the same on pixel indices (the course code's +1): [0,0,9,9] vs [0,0,9,4] -> 50 / 100
+    assert get_single_image_results([[0, 0, 9, 9]], [[0, 0, 9, 4]], 0.5, "inclusive")["true_pos"] == 0
+    assert get_single_image_results([[0, 0, 9, 9]], [[0, 0, 9, 4]], 0.49, "inclusive")["true_pos"] == 1
+    # continuous (default) on those indices is 40 / 90 < 0.49
+    assert get_single_image_results([[0, 0, 9, 9]], [[0, 0, 9, 4]], 0.44)["true_pos"] == 1
+    assert get_single_image_results([[0, 0, 9, 9]], [[0, 0, 9, 4]], 0.45)["true_pos"] == 0
+
+
+def test_equal_ious_follow_the_reference():
+    # issue 13.9: all three overlapping pairs have IoU 0.2 on pixel indices; the reference walks
+    # equal IoUs last-enumerated first and finds both matches
+    gt = [[40, 0, 49, 9], [40, 20, 49, 29]]
+    pred = [[40, 5, 49, 24], [10, 5, 49, 9]]
+    expected = {"true_pos": 2, "false_pos": 0, "false_neg": 0}
+    assert reference_single_image(gt, pred, 0.1) == expected
+    assert get_single_image_results(gt, pred, 0.1, "inclusive") == expected
+    # devkit mode on pixel indices == continuous mode on the converted boxes (x1 - 1, y1 - 1, x2, y2)
+    conv = lambda bs: [[b[0] - 1, b[1] - 1, b[2], b[3]] for b in bs]  # noqa: E731
+    assert get_single_image_results(conv(gt), conv(pred), 0.1) == expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_single_image_matches_reference_port_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        gt = [[int(x), int(y), int(x) + int(rng.choice([4, 8])), int(y) + int(rng.choice([4, 8]))]
+              for x, y in rng.integers(0, 12, (int(rng.integers(0, 5)), 2))]
+        pred = [[int(x), int(y), int(x) + int(rng.choice([4, 8])), int(y) + int(rng.choice([4, 8]))]
+                for x, y in rng.integers(0, 12, (int(rng.integers(0, 5)), 2))]
+        thr = float(rng.choice([0.1, 0.3, 0.5]))
+        assert get_single_image_results(gt, pred, thr, "inclusive") == reference_single_image(gt, pred, thr), (gt, pred)
+        assert get_single_image_results(gt, pred, thr) == reference_single_image(gt, pred, thr, plus_one=False)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_distinct_ious_make_the_matching_order_independent(seed):
+    rng = np.random.default_rng(seed)
+    gt = [[float(x), float(y), float(x) + rng.uniform(5, 20), float(y) + rng.uniform(5, 20)]
+          for x, y in rng.uniform(0, 30, (5, 2))]
+    pred = [[b[0] + rng.normal(0, 3), b[1] + rng.normal(0, 3), b[2] + rng.normal(0, 3), b[3] + rng.normal(0, 3)]
+            for b in gt + gt[:2]]
+    r = get_single_image_results(gt, pred, 0.3)
+    for _ in range(5):
+        assert get_single_image_results(list(rng.permutation(gt)), list(rng.permutation(pred)), 0.3) == r
 
 
 def test_avg_precision_hand_worked_includes_all_boxes_threshold():
@@ -67,7 +143,7 @@ def test_iou_matching_differs_from_score_ranking():
     from metrics.voc import voc_evaluate
 
     g1, g2 = [0, 0, 99, 99], [30, 0, 129, 99]
-    a, b = [14, 0, 113, 99], [0, 0, 99, 94]  # IoU(a,g1)=.754 > IoU(a,g2)=.724; IoU(b,g1)=.95
+    a, b = [14, 0, 113, 99], [0, 0, 99, 94]  # IoU(a,g1)=.752 > IoU(a,g2)=.722; IoU(b,g1)=.949
     single = get_single_image_results([g1, g2], [a, b], 0.5)
     assert single["true_pos"] == 2
     flat = FlatDetections.from_lists(
@@ -80,17 +156,19 @@ def test_iou_matching_differs_from_score_ranking():
     np.testing.assert_allclose(lec["recalls"], [0.5, 1.0])
 
 
-def naive_curve(gts, preds, thr):
+def naive_curve(gts, preds, thr, plus_one=False):
     """The slides' procedure literally: for every distinct score, keep score >= p in every image,
-    rematch, sum over images."""
+    rematch with the reference's matching (each image's boxes sorted by ascending score, as the
+    reference sorts them), sum over images."""
     scores = sorted({s for p in preds.values() for s in p["scores"]}, reverse=True)
     P, R = [], []
     for level in scores:
         results = {}
         for k in set(gts) | set(preds):
             p = preds.get(k, {"boxes": [], "scores": []})
-            keep = [b for b, s in zip(p["boxes"], p["scores"]) if s >= level]
-            results[k] = get_single_image_results(gts.get(k, []), keep, thr)
+            order = np.argsort(p["scores"], kind="stable")
+            keep = [p["boxes"][i] for i in order if p["scores"][i] >= level]
+            results[k] = reference_single_image(gts.get(k, []), keep, thr, plus_one)
         pr, rc = calc_precision_recall(results)
         P.append(pr)
         R.append(rc)
@@ -98,7 +176,8 @@ def naive_curve(gts, preds, thr):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_incremental_curve_equals_literal_rematching(seed):
+@pytest.mark.parametrize("convention", ["continuous", "inclusive"])
+def test_incremental_curve_equals_literal_rematching(seed, convention):
     rng = np.random.default_rng(seed)
     gts, preds = {}, {}
     for i in range(12):
@@ -119,8 +198,8 @@ def test_incremental_curve_equals_literal_rematching(seed):
             scores.append(float(np.round(rng.random(), 1)))
         if boxes:
             preds[i] = {"boxes": boxes, "scores": scores}
-    thrs, P, R = naive_curve(gts, preds, 0.5)
-    res = get_avg_precision_at_iou(gts, preds, 0.5)
+    thrs, P, R = naive_curve(gts, preds, 0.5, plus_one=convention == "inclusive")
+    res = get_avg_precision_at_iou(gts, preds, 0.5, convention)
     np.testing.assert_array_equal(res["model_thrs"], thrs)
     np.testing.assert_allclose(res["precisions"], P, rtol=0, atol=1e-12)
     np.testing.assert_allclose(res["recalls"], R, rtol=0, atol=1e-12)
@@ -140,3 +219,18 @@ def test_per_class_mean_skips_classes_without_gt_and_ignores_crowd():
     assert res[2]["num_gt"] == 0  # the crowd GT is left out
     assert res[1]["avg_prec"] == pytest.approx(6 / 11)  # recall 0.5 at precision 1
     assert lecture_map(res) == pytest.approx(6 / 11)  # classes 2 and 3 have no GT
+
+
+def test_curve_independent_of_prediction_order_with_distinct_scores():
+    # equal IoUs inside the curve go to the higher score (the reference sorts by score first)
+    gts = {0: [[40, 0, 50, 10], [40, 20, 50, 30]]}
+    boxes = [[40, 5, 50, 25], [10, 5, 50, 10], [41, 21, 50, 30]]
+    scores = [0.9, 0.8, 0.3]
+    res = get_avg_precision_at_iou(gts, {0: {"boxes": boxes, "scores": scores}}, 0.1)
+    rev = get_avg_precision_at_iou(gts, {0: {"boxes": boxes[::-1], "scores": scores[::-1]}}, 0.1)
+    for k in ("precisions", "recalls", "model_thrs"):
+        np.testing.assert_array_equal(res[k], rev[k])
+    assert res["avg_prec"] == rev["avg_prec"]
+    thrs, P, R = naive_curve(gts, {0: {"boxes": boxes, "scores": scores}}, 0.1)
+    np.testing.assert_array_equal(res["precisions"], P)
+    np.testing.assert_array_equal(res["recalls"], R)

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from metrics.boxes import box_iou_numpy
 from metrics.data import FlatDetections
-from metrics.voc import voc_ap, voc_evaluate, voc_map
+from metrics.voc import DEVKIT_POINTS, TENTHS, matlab_colon, voc_ap, voc_evaluate, voc_map
 from metrics_testutils import devkit_reference
 
 
@@ -60,20 +61,54 @@ def test_tied_scores_keep_input_order():
     assert voc_evaluate(flat_one_class(gts_swapped, tp_first))[1].ap == pytest.approx(1.0)
 
 
-def test_eleven_point_grid_is_exact_tenths():
-    # recall reaches exactly 3/10 at precision 1: with exact tenths r=0.3 counts (4 levels),
-    # with numpy's arange grid (0.30000000000000004) it would not (3 levels).
-    rec = np.array([0.1, 0.2, 0.3, 0.3])
-    prec = np.array([1.0, 1.0, 1.0, 0.75])
-    assert voc_ap(rec, prec, use_07_metric=True) == pytest.approx(4 / 11)
-    assert np.arange(0, 1.1, 0.1)[3] > 0.3  # the alternative grid differs exactly here
+def test_matlab_colon_grid():
+    # 0:0.1:1 in MATLAB: first half a + k*d, second half b - k*d
+    g = matlab_colon(0.0, 0.1, 1.0)
+    assert len(g) == 11 and g[0] == 0.0 and g[-1] == 1.0
+    assert g[3] == 0.30000000000000004 and g[3] != 0.3
+    assert g[6] == 0.6 and g[7] == 0.7 and g[8] == 0.8 and g[9] == 0.9 and g[5] == 0.5
+    np.testing.assert_array_equal(DEVKIT_POINTS, g)
+    arange = np.arange(0, 1.1, 0.1)  # py-faster-rcnn / Detectron2: shares 0.3 but moves 0.6 and 0.7
+    assert arange[3] == g[3] and arange[6] != 0.6 and arange[7] != 0.7
+    np.testing.assert_array_equal(TENTHS, [k / 10 for k in range(11)])
+    np.testing.assert_array_equal(matlab_colon(1.0, 0.5, 3.0), [1.0, 1.5, 2.0, 2.5, 3.0])
+    assert len(matlab_colon(1.0, 1.0, 0.0)) == 0
 
 
-def test_iou_exactly_half_counts_and_inclusive_convention():
-    # inclusive: [0,0,9,9] vs [0,0,9,4] -> 50/100 = 0.5 -> TP (>= 0.5); continuous would be 40/90
+def test_eleven_point_ap_devkit_grid_by_default():
+    # issue 13.8: 10 GT, detections TP, TP, TP, FP, TP -> recall reaches exactly 3/10
+    gts = [{"boxes": [box(20 * k, 0) for k in range(10)], "difficult": [False] * 10}]
+    dets = [(0, 0.9, box(0, 0)), (0, 0.8, box(20, 0)), (0, 0.7, box(40, 0)), (0, 0.6, box(500, 500)),
+            (0, 0.5, box(60, 0))]
+    flat = flat_one_class(gts, dets)
+    r = voc_evaluate(flat)[1]
+    assert r.ap07 == pytest.approx(4.6 / 11, abs=1e-12) and round(r.ap07, 6) == 0.418182
+    tenths = voc_evaluate(flat, eleven_point_grid="tenths")[1]
+    assert tenths.ap07 == pytest.approx(4.8 / 11, abs=1e-12) and round(tenths.ap07, 6) == 0.436364
+    assert voc_ap(r.recall, r.precision, True) == r.ap07
+    assert voc_ap(r.recall, r.precision, True, "tenths") == tenths.ap07
+    with pytest.raises(ValueError, match="eleven_point_grid"):
+        voc_evaluate(flat, eleven_point_grid="numpy")
+
+
+def test_iou_exactly_half_counts_and_conventions():
+    # continuous (the repo's boxes): [0,0,10,10] vs [0,0,10,5] -> 50/100 = 0.5 -> TP (>= 0.5)
+    gts = [{"boxes": [[0, 0, 10, 10]], "difficult": [False]}]
+    assert voc_evaluate(flat_one_class(gts, [(0, 0.9, [0, 0, 10, 5])]))[1].tp.tolist() == [1]
+    # devkit pixel indices: [0,0,9,9] vs [0,0,9,4] -> 50/100 with the +1; continuous reads 36/81
     gts = [{"boxes": [box(0, 0)], "difficult": [False]}]
-    r = voc_evaluate(flat_one_class(gts, [(0, 0.9, [0, 0, 9, 4])]))[1]
-    assert r.tp.tolist() == [1]
+    flat = flat_one_class(gts, [(0, 0.9, [0, 0, 9, 4])])
+    assert voc_evaluate(flat, convention="inclusive")[1].tp.tolist() == [1]
+    assert voc_evaluate(flat)[1].tp.tolist() == [0]
+
+
+def test_shifted_8x8_box_iou_and_match():
+    # issue 13.6: an 8x8 box shifted by (1, 2): continuous IoU 42/86 = 0.488, not the +1 value 56/106
+    a, b = [0, 0, 8, 8], [1, 2, 9, 10]
+    assert box_iou_numpy([a], [b])[0, 0] == pytest.approx(42 / 86)
+    assert box_iou_numpy([a], [b], "inclusive")[0, 0] == pytest.approx(56 / 106)
+    flat = flat_one_class([{"boxes": [a], "difficult": [False]}], [(0, 0.9, b)])
+    assert voc_evaluate(flat)[1].tp.tolist() == [0]  # 0.488 < 0.5: a false positive
 
 
 def test_map_over_classes_with_gt_and_undefined_class():
@@ -112,6 +147,13 @@ def test_matches_loop_devkit_on_random_cases(seed):
     ap, ap11, npos = devkit_reference(gts, dets)
     if npos == 0:
         pytest.skip("no positive GT drawn")
-    r = voc_evaluate(flat_one_class(gts, dets))[1]
+    # the reference reads devkit pixel indices: devkit mode on them ...
+    r = voc_evaluate(flat_one_class(gts, dets), convention="inclusive")[1]
     assert r.ap == pytest.approx(ap, abs=1e-12)
     assert r.ap07 == pytest.approx(ap11, abs=1e-12)
+    # ... equals continuous mode on the converted boxes (x1 - 1, y1 - 1, x2, y2), exactly
+    conv = lambda b: [b[0] - 1, b[1] - 1, b[2], b[3]]  # noqa: E731
+    gts_c = [{"boxes": [conv(b) for b in g["boxes"]], "difficult": g["difficult"]} for g in gts]
+    rc = voc_evaluate(flat_one_class(gts_c, [(i, sc, conv(b)) for i, sc, b in dets]))[1]
+    assert rc.ap == r.ap and rc.ap07 == r.ap07
+    np.testing.assert_array_equal(rc.tp, r.tp)

@@ -24,6 +24,13 @@ class FakeWorld:
         return [tensor, other]
 
 
+def to_devkit(boxes):
+    """Continuous xyxy -> devkit pixel indices (the inverse of the VOC reader's conversion)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    b[:, :2] += 1
+    return b.tolist()
+
+
 def _split(preds, targets):
     return (preds[::2], targets[::2]), (preds[1::2], targets[1::2])
 
@@ -89,12 +96,14 @@ def test_keys_and_voc_per_class_match_loop_devkit():
         gts = []
         for t in targets:
             sel = (t["labels"] == label).numpy()
-            # devkit reference with +1 pixels on xyxy boxes; crowd acts as difficult
-            gts.append({"boxes": t["boxes"].numpy()[sel].tolist(), "difficult": (t["iscrowd"].numpy()[sel] != 0).tolist()})
+            # the devkit reference reads pixel indices (+1): continuous (x1, y1, x2, y2) is (x1 + 1, y1 + 1, x2, y2)
+            # there; crowd acts as difficult
+            gts.append({"boxes": to_devkit(t["boxes"].numpy()[sel]),
+                        "difficult": (t["iscrowd"].numpy()[sel] != 0).tolist()})
         dets = []
         for i, p in enumerate(preds):
             sel = (p["labels"] == label).numpy()
-            dets += [(i, s, b) for s, b in zip(p["scores"].numpy()[sel].tolist(), p["boxes"].numpy()[sel].tolist())]
+            dets += [(i, s, b) for s, b in zip(p["scores"].numpy()[sel].tolist(), to_devkit(p["boxes"].numpy()[sel]))]
         ap, ap11, npos = devkit_reference(gts, dets)
         assert npos > 0
         assert out[f"voc/AP/{name}"] == pytest.approx(ap, abs=1e-12)
@@ -148,3 +157,161 @@ def test_segmentation_metric_hand_values_and_ddp_sum():
     r0.update(pred, target)
     assert r0.compute() == pytest.approx(out)
     assert int(r0.confmat.sum()) == 7  # unsynced again after compute
+
+
+def _one(boxes, scores, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
+            "scores": torch.tensor(scores, dtype=torch.float64), "labels": torch.tensor(labels, dtype=torch.int64)}
+
+
+def test_continuous_boxes_get_no_extra_pixel():
+    # issue 13.6: an 8x8 box shifted by (1, 2) has IoU 0.488 < 0.5; with the +1 it was 0.528 (a TP)
+    target = {"boxes": torch.tensor([[0.0, 0, 8, 8]]), "labels": torch.tensor([1])}
+    m = DetectionMetrics(protocols=("voc07", "voc", "lecture"))
+    m.update([_one([[1, 2, 9, 10]], [0.9], [1])], [target])
+    out = m.compute()
+    assert out["voc/mAP"] == 0.0 and out["voc07/mAP"] == 0.0 and out["lecture/mAP"] == 0.0
+    assert m.pr_curves()["1"]["ap"] == 0.0
+    m = DetectionMetrics(protocols=("voc", "lecture"), iou_threshold=0.48)
+    m.update([_one([[1, 2, 9, 10]], [0.9], [1])], [target])
+    assert m.compute()["voc/mAP"] == 1.0 and m.compute()["lecture/mAP"] == 1.0
+
+
+def test_voc07_grid_option():
+    gt_boxes = [[20.0 * k, 0, 20.0 * k + 10, 10] for k in range(10)]
+    pred = _one([gt_boxes[0], gt_boxes[1], gt_boxes[2], [500, 500, 510, 510], gt_boxes[3]], [0.9, 0.8, 0.7, 0.6, 0.5],
+                [1] * 5)
+    target = {"boxes": torch.tensor(gt_boxes), "labels": torch.ones(10, dtype=torch.int64)}
+    for grid, expected in (("devkit", 4.6 / 11), ("tenths", 4.8 / 11)):
+        m = DetectionMetrics(protocols=("voc07",), voc07_grid=grid)
+        m.update([pred], [target])
+        assert m.compute()["voc07/mAP"] == pytest.approx(expected, abs=1e-12)
+        assert m.pr_curves()["1"]["recall_11"][3] == (0.30000000000000004 if grid == "devkit" else 0.3)
+    with pytest.raises(ValueError, match="eleven_point_grid"):
+        DetectionMetrics(voc07_grid="numpy")
+
+
+def _pycoco_eval(gt, dt, iou_type="bbox", cat_ids=None, **params):
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        g = COCO()
+        g.dataset = copy.deepcopy(gt)
+        g.createIndex()
+        ev = COCOeval(g, g.loadRes(copy.deepcopy(dt)), iou_type)
+        for k, v in params.items():
+            setattr(ev.params, k, v)
+        if cat_ids is not None:
+            ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_coco_settings_match_pycocotools(backend):
+    gt, dt = random_coco_case(11, n_images=25, n_classes=3)
+    preds, targets = coco_to_torchvision(gt, dt)
+    iou_thrs, rec_thrs, max_dets = [0.5, 0.6, 0.75], np.linspace(0, 1, 21).tolist(), [1, 3, 100]
+    m = DetectionMetrics(protocols=("coco",), coco_backend=backend, iou_thresholds=iou_thrs,
+                         rec_thresholds=rec_thrs, max_detection_thresholds=max_dets)
+    m.update(preds, targets)
+    out = m.compute()
+    ev = _pycoco_eval(gt, dt, iouThrs=np.array(iou_thrs), recThrs=np.array(rec_thrs), maxDets=max_dets)
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR3", "AR100", "ARs", "ARm", "ARl")
+    assert set(out) == {f"coco/{n}" for n in names}
+    np.testing.assert_allclose([out[f"coco/{n}"] for n in names], ev.stats[:12], rtol=0, atol=1e-12)
+    # pycocotools' summarize fixes AP at 100 detections; faster-coco-eval (and we) use the last value
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    m2 = DetectionMetrics(protocols=("coco",), coco_backend=backend, iou_thresholds=[0.55, 0.95],
+                          max_detection_thresholds=[2, 5, 7])
+    m2.update(preds, targets)
+    out2 = m2.compute()
+    import contextlib
+    import copy
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        g = COCO(copy.deepcopy(gt))
+        ev2 = COCOeval_faster(g, g.loadRes(copy.deepcopy(dt)), "bbox", print_function=lambda *a, **k: None)
+        ev2.params.iouThrs = np.array([0.55, 0.95])
+        ev2.params.maxDets = [2, 5, 7]
+        ev2.evaluate()
+        ev2.accumulate()
+        ev2.summarize()
+    names2 = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR2", "AR5", "AR7", "ARs", "ARm", "ARl")
+    np.testing.assert_allclose([out2[f"coco/{n}"] for n in names2], ev2.stats[:12], rtol=0, atol=1e-12)
+    assert out2["coco/AP50"] == -1.0 and out2["coco/AP75"] == -1.0  # not IoU thresholds here
+    with pytest.raises(ValueError, match="max_detection_thresholds"):
+        DetectionMetrics(max_detection_thresholds=[10, 1])
+    with pytest.raises(ValueError, match="iou_thresholds"):
+        DetectionMetrics(iou_thresholds=[0.5, 1.5])
+
+
+def test_class_metrics_match_pycocotools_per_category():
+    gt, dt = random_coco_case(12, n_images=25, n_classes=3)
+    preds, targets = coco_to_torchvision(gt, dt)
+    m = DetectionMetrics(protocols=("coco",), class_metrics=True, class_names=["cat", "dog", "cow"],
+                         coco_backend="pycocotools")
+    m.update(preds, targets)
+    out = m.compute()
+    for cat, name in ((1, "cat"), (2, "dog"), (3, "cow")):
+        ev = _pycoco_eval(gt, dt, cat_ids=[cat])
+        assert out[f"coco/AP/{name}"] == pytest.approx(ev.stats[0], abs=1e-12)
+        assert out[f"coco/AR100/{name}"] == pytest.approx(ev.stats[8], abs=1e-12)
+    assert out["coco/AP"] == pytest.approx(_pycoco_eval(gt, dt).stats[0], abs=1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["xywh", "cxcywh"])
+def test_box_format(fmt):
+    from torchvision.ops import box_convert
+
+    gt, dt = random_coco_case(13, n_images=12, n_classes=2)
+    preds, targets = coco_to_torchvision(gt, dt)
+    ref = DetectionMetrics()
+    ref.update(preds, targets)
+    conv = lambda ds: [{**d, "boxes": box_convert(d["boxes"], "xyxy", fmt)} for d in ds]  # noqa: E731
+    m = DetectionMetrics(box_format=fmt)
+    m.update(conv(preds), conv(targets))
+    assert m.compute() == pytest.approx(ref.compute(), abs=1e-9)
+    with pytest.raises(ValueError, match="box_format"):
+        DetectionMetrics(box_format="yolo")
+
+
+def test_class_names_label_zero():
+    pred = _one([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [0, 1])
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([0, 1])}
+    m = DetectionMetrics(protocols=("voc",), class_names={0: "zero", 1: "one"})
+    m.update([pred], [target])
+    out = m.compute()
+    assert out["voc/AP/zero"] == 1.0 and out["voc/AP/one"] == 1.0
+    m = DetectionMetrics(protocols=("voc",), class_names=["one"])
+    m.update([pred], [target])
+    with pytest.raises(ValueError, match=r"label\(s\) \[0\] have no name"):
+        m.compute()
+
+
+def test_segmentation_ignore_index_inside_class_range_matches_torchmetrics():
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (2, 9, 11), generator=g)
+    pred = torch.randint(0, 4, (2, 9, 11), generator=g)
+    m = SegmentationMetrics(num_classes=4, ignore_index=0)
+    m.update(pred, target)
+    out = m.compute()
+    ref = MulticlassJaccardIndex(4, ignore_index=0, average="macro")
+    ref.update(pred, target)
+    assert out["mean_iou"] == pytest.approx(float(ref.compute()), abs=1e-6)
+    assert out["iou/0"] == -1.0
+    per = MulticlassJaccardIndex(4, ignore_index=0, average="none")
+    per.update(pred, target)
+    for c in (1, 2, 3):
+        assert out[f"iou/{c}"] == pytest.approx(float(per.compute()[c]), abs=1e-6)

@@ -182,3 +182,97 @@ def test_semantic_folders(tmp_path):
     (pr_dir / "b.png").unlink()
     r = run("semantic", "--gt", str(gt_dir), "--pred", str(pr_dir), "--num-classes", "4")
     assert r.returncode == 2 and "missing prediction b.png" in r.stderr
+
+
+def _write(tmp_path, gt, dt):
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dt))
+    return ["--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "dt.json")]
+
+
+def _rle(m):
+    from pycocotools import mask as mask_utils
+
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    r["counts"] = r["counts"].decode()
+    return r
+
+
+def test_segm_size_ranges_use_mask_areas(tmp_path, capsys):
+    # an unmatched L-shaped detection: mask area 357 (small) but box area 3600 (medium); the size
+    # ranges must see the mask area, as pycocotools does for segm results
+    h = w = 120
+    g1, g2 = np.zeros((h, w)), np.zeros((h, w))
+    g1[0:20, 0:20] = 1
+    g2[70:120, 70:120] = 1
+    fp = np.zeros((h, w))
+    fp[0:60, 40:43] = 1
+    fp[57:60, 40:100] = 1
+    gt = {"images": [{"id": 1, "height": h, "width": w}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": _rle(m),
+                           "bbox": [float(v) for v in b], "area": float(m.sum()), "iscrowd": 0}
+                          for k, (m, b) in enumerate(((g1, [0, 0, 20, 20]), (g2, [70, 70, 50, 50])))]}
+    dt = [{"image_id": 1, "category_id": 1, "segmentation": _rle(fp), "score": 0.9},
+          {"image_id": 1, "category_id": 1, "segmentation": _rle(g1), "score": 0.5},
+          {"image_id": 1, "category_id": 1, "segmentation": _rle(g2), "score": 0.6}]
+    ev = load_evaluate()
+    args = ["detection", *_write(tmp_path, gt, dt), "--iou-type", "segm", "--json", str(tmp_path / "o.json")]
+    assert ev.main(args) == 0
+    m = json.loads((tmp_path / "o.json").read_text())
+    ref = pycoco(gt, dt, "segm")
+    for k in COCO_KEYS:
+        assert m[f"coco_segm/{k}"] == pytest.approx(ref[k], abs=1e-12), k
+    assert m["coco_segm/APs"] < 0.6 and m["coco_segm/APm"] == pytest.approx(1.0)  # the FP is small
+    # results that carry a bbox get the same COCO numbers (the mask still decides the area)
+    with_box = [{**d, "bbox": [0.0, 0.0, 1.0, 1.0]} for d in dt]
+    assert ev.main(["detection", *_write(tmp_path, gt, with_box), "--iou-type", "segm",
+                    "--json", str(tmp_path / "o2.json")]) == 0
+    m2 = json.loads((tmp_path / "o2.json").read_text())
+    assert all(m2[f"coco_segm/{k}"] == m[f"coco_segm/{k}"] for k in COCO_KEYS)
+
+
+def test_boxes_are_continuous_for_voc_and_course(tmp_path):
+    # COCO [0, 0, 8, 8] vs a detection shifted by (1, 2): IoU 42/86 = 0.488 < 0.5 (0.528 with a +1)
+    gt = {"images": [{"id": 1, "width": 50, "height": 50}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0}]}
+    dt = [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 8, 8], "score": 0.9}]
+    ev = load_evaluate()
+    m = ev.detection_metrics(*ev.load_detection_inputs(*[Path(p) for p in _write(tmp_path, gt, dt)[1::2]], "bbox"))
+    assert m["voc/mAP"] == 0.0 and m["voc07/mAP"] == 0.0 and m["lecture/mAP"] == 0.0
+    assert m["coco/AP50"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda gt, dt: dt[0].update(category_id=999), "dt.json: [0].category_id: 999 is not in the GT categories"),
+        (lambda gt, dt: gt["annotations"][3].update(id=1), "gt.json: annotations[3].id: duplicate annotation id 1"),
+        (lambda gt, dt: gt["images"][1].update(id=7), "gt.json: images[1].id: duplicate image id 7"),
+    ],
+)
+def test_inconsistent_ids_are_refused(tmp_path, capsys, mutate, needle):
+    gt, dt = json.loads(json.dumps(GT)), json.loads(json.dumps(DT))
+    mutate(gt, dt)
+    ev = load_evaluate()
+    assert ev.main(["detection", *_write(tmp_path, gt, dt)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_directory"])
+def test_unwritable_json_fails_before_the_work(tmp_path, capsys, where):
+    ev = load_evaluate()
+    args = _write(tmp_path, GT, DT)
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "d").mkdir()
+    out = tmp_path / "f.txt" / "m.json" if where == "under_a_file" else tmp_path / "d"
+    assert ev.main(["detection", *args, "--json", str(out)]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""  # nothing computed or printed
+    assert cap.err.startswith(f"evaluate.py: error: {out}: cannot write the metrics") and cap.err.count("\n") == 1
+    # a writable path in a new folder: the check leaves no file behind when the work then fails
+    new = tmp_path / "new" / "m.json"
+    bad = json.loads(json.dumps(DT))
+    bad[0]["score"] = "x"
+    assert ev.main(["detection", *_write(tmp_path, GT, bad), "--json", str(new)]) == 2
+    assert not new.exists()
