@@ -59,6 +59,7 @@ class ImageRecord:
     source_index: np.ndarray  # N int64: VOC 1-based XML object index; COCO index into ``segmentations``
     segmentations: list[Any] = field(default_factory=list)  # COCO: the annotations' ``segmentation``
     mask_path: Path | None = None  # VOC: SegmentationObject (instance) or SegmentationClass (semantic)
+    num_annotated: int = -1  # VOC: number of XML objects (skipped ones included), -1 when not known
 
     @staticmethod
     def empty_arrays() -> dict[str, np.ndarray]:

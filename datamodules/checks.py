@@ -9,6 +9,8 @@ Every problem with the data on disk is reported the same way, whichever reader m
   class (``on_unknown_class="error"``, the default), or skipped and counted (``"skip"``);
 * a box that sticks out of the image -> clipped to it and counted; a box that is empty after clipping
   (width or height <= 0) -> dropped with its label / flags / mask and counted;
+* an image (or label PNG) with more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` allows (a possible
+  decompression bomb) -> :class:`DatasetError` naming the file;
 * grayscale, CMYK, palette or alpha images -> converted to RGB (alpha is dropped, not composited);
 * an image without objects -> kept as a negative sample.
 
@@ -141,6 +143,8 @@ def load_rgb(path: Path, expected_hw: tuple[int, int] | None = None) -> np.ndarr
                 rgb = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning when escalated
+        raise DatasetError(f"{path}: image too large, refused as a possible decompression bomb ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: corrupt or unreadable image ({type(exc).__name__}: {exc})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3:

@@ -4,7 +4,11 @@
   image; empty ones dropped and counted;
 * labels: category ids -> contiguous 1..K in sorted category-id order (``category_id_to_label``);
 * ``iscrowd`` is a flag; crowd regions are not training targets by default, kept flagged in val/test;
-* masks: polygons, compressed and uncompressed RLE, decoded with ``pycocotools.mask``;
+* masks: polygons, compressed and uncompressed RLE, decoded with ``pycocotools.mask``; checked before
+  decoding (finite polygon coordinates near the image, RLE run lengths summing to height * width), so
+  one bad value never reaches pycocotools' C code;
+* ids: integer-valued ids given as strings (``"id": "42"``) are read as the integers they spell, for
+  images, annotations and categories alike, so annotations always find their image;
 * task ``semantic``: a label map painted from the instance masks in annotation order (later over
   earlier), crowd regions as 255 (ignore).
 """
@@ -23,9 +27,13 @@ import numpy as np
 from datamodules.base import IGNORE_INDEX, AnnotatedDataset, BaseDataModule, ImageRecord, Task, check_choice
 from datamodules.checks import DatasetError, ImageIndex, as_number, clip_boxes, new_stats, safe_image_path
 
-__all__ = ["COCODataset", "COCODataModule", "load_coco_json", "decode_segmentation"]
+__all__ = ["COCODataset", "COCODataModule", "load_coco_json", "decode_segmentation", "rle_counts", "POLYGON_MARGIN"]
 
 OnUnknown = Literal["error", "skip"]
+
+#: polygon vertices may lie outside the image by at most this fraction of its longer side (plus 1 px);
+#: farther ones are annotation errors (and would make pycocotools rasterise a huge canvas)
+POLYGON_MARGIN = 0.25
 
 
 def _int_field(value: Any, source: str, field: str, positive: bool = False) -> int:
@@ -35,11 +43,24 @@ def _int_field(value: Any, source: str, field: str, positive: bool = False) -> i
     return int(x)
 
 
+def _integral_or_as_is(value: Any) -> Any:
+    """``value`` as an int when it spells one (``"3"``, ``3.0``); anything else unchanged (for the
+    unknown-category check to report)."""
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    try:
+        x = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return value
+    return int(x) if x.is_integer() else value
+
+
 def load_coco_json(path: str | Path) -> dict[str, Any]:
     """Read and validate an instances JSON (structure only; annotations are checked per object later).
 
     Required: ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations`` (a list),
     ``categories`` (``id``, ``name``). Raises :class:`DatasetError` ``"<file>: <field>: ..."``.
+    Ids that spell integers (``"42"``) are replaced by those integers in the returned data.
     """
     path = Path(path)
     source = str(path)
@@ -67,6 +88,7 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
         if not isinstance(cat, dict):
             raise DatasetError(f"{source}: {where}: expected an object")
         cid = _int_field(cat.get("id"), source, f"{where}.id")
+        cat["id"] = cid
         if cid in seen:
             raise DatasetError(f"{source}: {where}.id: duplicate category id {cid}")
         seen.add(cid)
@@ -78,6 +100,7 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
         if not isinstance(img, dict):
             raise DatasetError(f"{source}: {where}: expected an object")
         iid = _int_field(img.get("id"), source, f"{where}.id")
+        img["id"] = iid  # "42" and 42 name the same image (pycocotools' index compares them as keys)
         if iid in seen:
             raise DatasetError(f"{source}: {where}.id: duplicate image id {iid}")
         seen.add(iid)
@@ -91,14 +114,17 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
         if not isinstance(ann, dict):
             raise DatasetError(f"{source}: {where}: expected an object")
         aid = _int_field(ann.get("id"), source, f"{where}.id")
+        ann["id"] = aid
         if aid in ann_ids:
             raise DatasetError(f"{source}: {where}.id: duplicate annotation id {aid}")
         ann_ids.add(aid)
         image_id = _int_field(ann.get("image_id"), source, f"{where}.image_id")
+        ann["image_id"] = image_id
         if image_id not in seen:
             raise DatasetError(f"{source}: {where}.image_id: no image with id {image_id}")
         if "category_id" not in ann:
             raise DatasetError(f"{source}: {where}.category_id: missing")
+        ann["category_id"] = _integral_or_as_is(ann["category_id"])
     return data
 
 
@@ -107,29 +133,90 @@ def categories_of(data: dict[str, Any]) -> list[tuple[int, str]]:
     return sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
 
 
+def rle_counts(counts: str | bytes, source: str = "RLE", field: str = "counts") -> np.ndarray:
+    """Run lengths (int64) of a compressed COCO RLE string, decoded as pycocotools reads it.
+
+    Each run is a little-endian sequence of 5-bit groups stored as ``chr(48 + group)``, bit 0x20 meaning
+    "more groups follow" and bit 0x10 of the last group the sign; from the fourth run on, the value is a
+    difference to the run two places earlier. Raises :class:`DatasetError` on a malformed string.
+    """
+    raw = counts.encode("ascii", "replace") if isinstance(counts, str) else bytes(counts)
+    b = np.frombuffer(raw, np.uint8).astype(np.int64) - 48
+    if b.size == 0:
+        return np.zeros(0, np.int64)
+    if b.min() < 0 or b.max() > 63:
+        bad = raw[int(np.flatnonzero((b < 0) | (b > 63))[0])]
+        raise DatasetError(f"{source}: {field}: character {chr(bad)!r} is not part of a compressed RLE string")
+    ends = (b & 0x20) == 0
+    if not ends[-1]:
+        raise DatasetError(f"{source}: {field}: compressed RLE string is truncated (last run unfinished)")
+    starts = np.flatnonzero(np.r_[True, ends[:-1]])
+    run = np.cumsum(np.r_[0, ends[:-1].astype(np.int64)])
+    pos = np.arange(b.size) - starts[run]
+    if pos.max() >= 12:  # 60 bits: far beyond any image, and int64 arithmetic stays exact
+        raise DatasetError(f"{source}: {field}: compressed RLE run too long to be a pixel count")
+    x = np.add.reduceat((b & 0x1F) << (5 * pos), starts)
+    last = b[ends]
+    neg = (last & 0x10) != 0
+    x[neg] -= np.left_shift(1, 5 * (pos[ends][neg] + 1))
+    out = x.copy()
+    out[1::2] = np.cumsum(x[1::2])
+    out[2::2] = np.cumsum(x[2::2])
+    return out
+
+
 def _check_segmentation(segm: Any, h: int, w: int, source: str, where: str) -> None:
     field = f"{where}.segmentation"
     if segm is None:
         raise DatasetError(f"{source}: {field}: missing (needed for task instance / semantic)")
     if isinstance(segm, list):
+        if not segm:
+            raise DatasetError(f"{source}: {field}: empty polygon list (the object has no mask)")
+        margin = POLYGON_MARGIN * max(h, w) + 1.0
         for j, poly in enumerate(segm):
             if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
                 raise DatasetError(f"{source}: {field}[{j}]: a polygon needs an even number (>= 6) of coordinates")
             for v in poly:
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise DatasetError(f"{source}: {field}[{j}]: non-numeric coordinate {v!r}")
+            xy = np.asarray(poly, np.float64).reshape(-1, 2)
+            if not np.isfinite(xy).all():
+                k = int(np.flatnonzero(~np.isfinite(xy.ravel()))[0])
+                raise DatasetError(f"{source}: {field}[{j}][{k}]: coordinate {poly[k]!r} is not finite")
+            far = (xy[:, 0] < -margin) | (xy[:, 0] > w + margin) | (xy[:, 1] < -margin) | (xy[:, 1] > h + margin)
+            if far.any():
+                k = int(np.flatnonzero(far)[0])
+                raise DatasetError(
+                    f"{source}: {field}[{j}]: vertex {k} ({poly[2 * k]!r}, {poly[2 * k + 1]!r}) lies far outside the "
+                    f"{w}x{h} (WxH) image (allowed margin {margin:g} px)"
+                )
         return
     if isinstance(segm, dict):
         size, counts = segm.get("size"), segm.get("counts")
         if not isinstance(size, list) or len(size) != 2:
             raise DatasetError(f"{source}: {field}.size: expected [height, width]")
-        if [int(size[0]), int(size[1])] != [h, w]:
+        size_hw = [_int_field(v, source, f"{field}.size[{j}]") for j, v in enumerate(size)]
+        if size_hw != [h, w]:
             raise DatasetError(f"{source}: {field}.size: {size} differs from the image size [{h}, {w}]")
         if isinstance(counts, list):
-            if sum(int(c) for c in counts) != h * w:
-                raise DatasetError(f"{source}: {field}.counts: uncompressed RLE does not sum to height * width = {h * w}")
-        elif not isinstance(counts, (str, bytes)):
+            if all(type(c) is int for c in counts):  # the usual case, without a call per run
+                runs = np.asarray(counts, np.int64)
+            else:
+                runs = np.asarray(
+                    [_int_field(c, source, f"{field}.counts[{j}]") for j, c in enumerate(counts)], np.int64
+                )
+            what = "uncompressed"
+        elif isinstance(counts, (str, bytes)):
+            runs = rle_counts(counts, source, f"{field}.counts")
+            what = "compressed"
+        else:
             raise DatasetError(f"{source}: {field}.counts: expected a list (uncompressed) or a string (compressed RLE)")
+        if runs.size and runs.min() < 0:
+            raise DatasetError(f"{source}: {field}.counts: {what} RLE has a negative run length")
+        if int(runs.sum()) != h * w:
+            raise DatasetError(
+                f"{source}: {field}.counts: {what} RLE runs sum to {int(runs.sum())}, not height * width = {h * w}"
+            )
         return
     raise DatasetError(f"{source}: {field}: expected polygons (a list) or RLE (an object), got {type(segm).__name__}")
 
@@ -140,7 +227,7 @@ def decode_segmentation(segm: Any, h: int, w: int) -> np.ndarray:
 
     if isinstance(segm, list):
         if not segm:
-            return np.zeros((h, w), np.uint8)
+            raise ValueError("empty polygon list (the object has no mask)")
         rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
     elif isinstance(segm["counts"], list):
         rle = mask_utils.frPyObjects(segm, h, w)

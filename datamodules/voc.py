@@ -13,6 +13,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 from defusedxml import DefusedXmlException
+from PIL import Image
 from defusedxml import ElementTree as SafeET
 
 from datamodules.base import (
@@ -26,7 +27,10 @@ from datamodules.base import (
 from datamodules.checks import DatasetError, ImageIndex, as_number, clip_boxes, new_stats, safe_image_path
 from datamodules.palette import read_label_png
 
-__all__ = ["VOC_CLASSES", "VOCDataset", "VOCDataModule", "parse_voc_xml", "resolve_voc_root", "read_image_set"]
+__all__ = [
+    "VOC_CLASSES", "VOCDataset", "VOCDataModule", "parse_voc_xml", "resolve_voc_root", "read_image_set",
+    "resolve_sbd_root", "read_sbd_split", "read_sbd_cls",
+]
 
 #: the 20 Pascal VOC classes in the devkit's order (label = position + 1)
 VOC_CLASSES: tuple[str, ...] = (
@@ -84,8 +88,9 @@ def parse_voc_xml(
     """Parse one VOC XML into raw (unclipped) 0-based boxes and per-object fields.
 
     Returns a dict with ``height``, ``width``, ``boxes`` (N x 4 float64), ``labels``, ``difficult``,
-    ``truncated``, ``index`` (1-based position of the object in the XML) and ``unknown`` (names of
-    skipped objects). Raises :class:`DatasetError` naming the file and the field on bad input.
+    ``truncated``, ``index`` (1-based position of the object in the XML), ``unknown`` (names of
+    skipped objects) and ``num_objects`` (all ``<object>`` s of the XML, skipped ones included).
+    Raises :class:`DatasetError` naming the file and the field on bad input.
     """
     source = str(path)
     try:
@@ -142,21 +147,87 @@ def parse_voc_xml(
         "truncated": np.asarray(truncated, bool),
         "index": np.asarray(index, np.int64),
         "unknown": unknown,
+        "num_objects": len(root.findall("object")),
     }
 
 
+def resolve_sbd_root(root: str | Path) -> Path:
+    """The SBD ``dataset`` folder (``img/``, ``cls/``, ``train.txt``, ``val.txt``): ``root`` itself,
+    ``root/dataset`` or ``root/benchmark_RELEASE/dataset``."""
+    root = Path(root)
+    candidates = [root, root / "dataset", root / "benchmark_RELEASE" / "dataset"]
+    for c in candidates:
+        if (c / "cls").is_dir() and (c / "train.txt").is_file():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(
+        f"{root}: sbd_root: no SBD dataset folder found (looked for cls/ and train.txt in {tried}); point sbd_root "
+        "at the extracted benchmark_RELEASE folder"
+    )
+
+
+def read_sbd_split(sbd_dir: Path, split: str) -> list[str]:
+    """Stems listed in the SBD ``<split>.txt`` (``train`` or ``val``)."""
+    path = Path(sbd_dir) / f"{split}.txt"
+    if not path.is_file():
+        raise DatasetError(f"{path}: SBD split {split!r}: file not found")
+    try:
+        stems = [ln.split()[0] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable SBD split file ({exc})") from None
+    for i, s in enumerate(stems, 1):
+        if "/" in s or "\\" in s or s in (".", ".."):
+            raise DatasetError(f"{path}: line {i}: {s!r} is not a plain image id")
+    return stems
+
+
+def read_sbd_cls(path: str | Path) -> np.ndarray:
+    """H x W uint8 class map of an SBD ``cls/<stem>.mat`` (``GTcls.Segmentation``: 0 background, 1..20)."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    path = Path(path)
+    try:
+        mat = loadmat(path, squeeze_me=True, struct_as_record=False, variable_names=["GTcls"])
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: SBD label file not found") from None
+    except (MatReadError, OSError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{path}: corrupt or unreadable .mat file ({type(exc).__name__}: {exc})") from None
+    gt = mat.get("GTcls")
+    seg = getattr(gt, "Segmentation", None)
+    if seg is None:
+        raise DatasetError(f"{path}: GTcls.Segmentation: missing")
+    seg = np.asarray(seg)
+    if seg.ndim != 2 or seg.dtype.kind not in "iuf":
+        raise DatasetError(f"{path}: GTcls.Segmentation: expected a 2-D integer array, got {seg.dtype} {seg.shape}")
+    if seg.size and (seg.min() < 0 or seg.max() > 255 or (seg.dtype.kind == "f" and not np.all(seg == np.round(seg)))):
+        raise DatasetError(f"{path}: GTcls.Segmentation: values must be integers in 0..255")
+    return np.ascontiguousarray(seg.astype(np.uint8))
+
+
+#: image-set name of the usual augmented segmentation training set (needs ``sbd_dir`` / ``sbd_root``)
+TRAIN_AUG = "train_aug"
+
+
 class VOCDataset(AnnotatedDataset):
-    """One split of a VOC-format "year" folder.
+    """One split of a VOC-format "year" folder, or several concatenated (e.g. VOC07+12 trainval).
 
     Args:
         year_dir: the folder holding ``JPEGImages``, ``Annotations``, ``ImageSets``, ...
         split: image-set name (``ImageSets/Main/<split>.txt`` for detection,
-            ``ImageSets/Segmentation/<split>.txt`` for semantic / instance).
+            ``ImageSets/Segmentation/<split>.txt`` for semantic / instance). ``train_aug`` with ``sbd_dir``
+            (task ``semantic``): the augmented set of the FCN / DeepLab papers, see ``sbd_dir``.
         task: ``detection`` (XML boxes), ``instance`` (XML boxes + SegmentationObject masks, object k of
             the PNG = k-th XML object) or ``semantic`` (SegmentationClass label maps).
         class_names: K names; label = position + 1 (and the SegmentationClass value).
         keep_difficult: keep ``difficult`` objects (flagged) in the targets; False drops them.
         on_unknown_class: ``error`` or ``skip`` (counted in ``stats``).
+        more_sets: further ``(year folder, image set)`` pairs appended after ``(year_dir, split)``; an image
+            in two of the sets is an error. ``image_id`` is then the 1-based position in the concatenation.
+        sbd_dir: the SBD ``dataset`` folder (or ``benchmark_RELEASE``). Split ``train_aug`` of a VOC2012
+            folder is then VOC2012 ``Segmentation/train`` (its PNGs) followed by the images of SBD
+            ``train`` + ``val`` not in VOC2012 ``Segmentation/train`` or ``val`` (SBD ``cls/*.mat`` labels,
+            SBD ``img/`` images): 10582 images with the full data sets.
     """
 
     def __init__(
@@ -169,30 +240,71 @@ class VOCDataset(AnnotatedDataset):
         keep_difficult: bool = True,
         on_unknown_class: OnUnknown = "error",
         name: str | None = None,
+        more_sets: Sequence[tuple[str | Path, str]] = (),
+        sbd_dir: str | Path | None = None,
     ) -> None:
         check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
+        check_choice(task, ("detection", "semantic", "instance"), "task")
         self.year_dir = Path(year_dir)
         self.split = split
-        class_to_label = {n: i for i, n in enumerate(class_names, start=1)}
-        sets = "Main" if task == "detection" else "Segmentation"
-        stems = read_image_set(self.year_dir, sets, split)
-        image_dir = self.year_dir / "JPEGImages"
-        source = str(self.year_dir / "ImageSets" / sets / f"{split}.txt")
+        self.sets = [(self.year_dir, split)] + [(Path(d), str(s)) for d, s in more_sets]
+        self.sbd_dir = resolve_sbd_root(sbd_dir) if sbd_dir is not None else None
+        self._class_to_label = {n: i for i, n in enumerate(class_names, start=1)}
+        self._task = task
+        self._keep_difficult = keep_difficult
+        self._on_unknown_class = on_unknown_class
         stats = new_stats()
         unknown: list[str] = []
         records: list[ImageRecord] = []
+        listed: dict[Path, tuple[int, str]] = {}  # image path -> (set, where it was listed first)
+        files: dict[str, None] = {}  # the list files read, in order
         index = ImageIndex()
+        for k, (set_dir, set_name) in enumerate(self.sets):
+            for rec, where in self._set_records(set_dir, set_name, stats, unknown):
+                first = listed.setdefault(rec.path, (k, where))
+                if first[0] != k:  # a repeat inside one image-set file is that file's choice, as before
+                    raise DatasetError(f"{where}: image {rec.file_name} is also in an earlier set ({first[1]})")
+                files[where.rsplit(": line ", 1)[0]] = None
+                records.append(rec)
+        for i, rec in enumerate(records, start=1):
+            rec.image_id = i
+        source = ", ".join(files) or str(self.year_dir / "ImageSets")
+        index.require((r.path for r in records), source)
+        if task != "detection":
+            index.require((r.mask_path for r in records if r.mask_path is not None), source)
+        default_name = " + ".join(f"VOC {d.name} {s}" for d, s in self.sets) + f" ({task})"
+        super().__init__(records, class_names, task, augment, name or default_name, stats, unknown)
+
+    def _set_records(
+        self, year_dir: Path, split: str, stats: dict[str, int], unknown: list[str]
+    ) -> list[tuple[ImageRecord, str]]:
+        """The records of one image set, each with ``"<set file>: line <i>"`` (where it is listed)."""
+        task = self._task
+        sets = "Main" if task == "detection" else "Segmentation"
+        if split == TRAIN_AUG and self.sbd_dir is not None:
+            if task != "semantic":
+                raise DatasetError(f"{year_dir}: split {TRAIN_AUG!r}: SBD labels are used for task semantic only")
+            return self._train_aug_records(year_dir, stats, unknown)
+        set_file = year_dir / "ImageSets" / sets / f"{split}.txt"
+        if split == TRAIN_AUG and not set_file.is_file():
+            raise DatasetError(f"{set_file}: split {TRAIN_AUG!r}: needs the SBD folder (sbd_dir / sbd_root)")
+        stems = read_image_set(year_dir, sets, split)
+        image_dir = year_dir / "JPEGImages"
+        source = str(set_file)
+        out = []
         for i, stem in enumerate(stems, start=1):
             file_name = f"{stem}.jpg"
             path = safe_image_path(image_dir, file_name, source, f"line {i}")
             rec = ImageRecord(image_id=i, file_name=file_name, path=path, height=-1, width=-1, **ImageRecord.empty_arrays())
             if task == "semantic":
-                rec.mask_path = self.year_dir / "SegmentationClass" / f"{stem}.png"
+                rec.mask_path = year_dir / "SegmentationClass" / f"{stem}.png"
             else:
-                ann = parse_voc_xml(self.year_dir / "Annotations" / f"{stem}.xml", class_to_label, on_unknown_class)
+                xml = year_dir / "Annotations" / f"{stem}.xml"
+                ann = parse_voc_xml(xml, self._class_to_label, self._on_unknown_class)
                 unknown += ann["unknown"]
                 stats["unknown_class_skipped"] += len(ann["unknown"])
                 rec.height, rec.width = ann["height"], ann["width"]
+                rec.num_annotated = ann["num_objects"]
                 boxes, changed, valid = clip_boxes(ann["boxes"], rec.height, rec.width)
                 stats["clipped"] += int((changed & valid).sum())
                 stats["degenerate_dropped"] += int((~valid).sum())
@@ -201,36 +313,65 @@ class VOCDataset(AnnotatedDataset):
                 rec.iscrowd = np.zeros(len(boxes), bool)
                 rec.source_index = ann["index"]
                 keep = valid.copy()
-                if not keep_difficult:
+                if not self._keep_difficult:
                     stats["difficult_excluded"] += int((valid & rec.difficult).sum())
                     keep &= ~rec.difficult
                 rec.select(keep)
                 if task == "instance":
-                    rec.mask_path = self.year_dir / "SegmentationObject" / f"{stem}.png"
-            records.append(rec)
-        index.require((r.path for r in records), source)
-        if task != "detection":
-            index.require((r.mask_path for r in records if r.mask_path is not None), source)
-        super().__init__(
-            records, class_names, task, augment, name or f"VOC {self.year_dir.name} {split} ({task})", stats, unknown
-        )
+                    rec.mask_path = year_dir / "SegmentationObject" / f"{stem}.png"
+            out.append((rec, f"{source}: line {i}"))
+        return out
+
+    def _train_aug_records(
+        self, year_dir: Path, stats: dict[str, int], unknown: list[str]
+    ) -> list[tuple[ImageRecord, str]]:
+        assert self.sbd_dir is not None
+        out = self._set_records(year_dir, "train", stats, unknown)
+        held_out = set(read_image_set(year_dir, "Segmentation", "val"))
+        taken = {Path(r.file_name).stem for r, _ in out}
+        for sbd_split in ("train", "val"):
+            source = str(self.sbd_dir / f"{sbd_split}.txt")
+            for i, stem in enumerate(read_sbd_split(self.sbd_dir, sbd_split), start=1):
+                if stem in held_out or stem in taken:
+                    continue
+                taken.add(stem)
+                file_name = f"{stem}.jpg"
+                path = safe_image_path(self.sbd_dir / "img", file_name, source, f"line {i}")
+                rec = ImageRecord(
+                    image_id=0, file_name=file_name, path=path, height=-1, width=-1,
+                    mask_path=self.sbd_dir / "cls" / f"{stem}.mat", **ImageRecord.empty_arrays(),
+                )
+                out.append((rec, f"{source}: line {i}"))
+        return out
 
     def _read_png(self, path: Path) -> np.ndarray:
         try:
             return read_label_png(path)
         except FileNotFoundError:
             raise DatasetError(f"{path}: label PNG not found") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning when escalated
+            raise DatasetError(
+                f"{path}: label PNG too large, refused as a possible decompression bomb ({exc})"
+            ) from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise DatasetError(f"{path}: corrupt or unsupported label PNG ({exc})") from None
 
     def instance_masks(self, rec: ImageRecord) -> np.ndarray:
         assert rec.mask_path is not None
         objects = self._read_png(rec.mask_path)
+        present = np.unique(objects)
+        orphan = present[(present != 0) & (present != IGNORE_INDEX) & (present > rec.num_annotated)]
+        if rec.num_annotated >= 0 and orphan.size:
+            xml = rec.mask_path.parent.parent / "Annotations" / f"{rec.mask_path.stem}.xml"
+            raise DatasetError(
+                f"{rec.mask_path}: object indices {orphan.tolist()} have no object in {xml} "
+                f"({rec.num_annotated} object(s); PNG value k is the k-th XML object)"
+            )
         return (objects[None, :, :] == rec.source_index[:, None, None]).astype(np.uint8)
 
     def semantic_map(self, rec: ImageRecord) -> np.ndarray:
         assert rec.mask_path is not None
-        sem = self._read_png(rec.mask_path)
+        sem = read_sbd_cls(rec.mask_path) if rec.mask_path.suffix == ".mat" else self._read_png(rec.mask_path)
         bad = np.setdiff1d(np.unique(sem), np.r_[np.arange(len(self.class_names) + 1), IGNORE_INDEX])
         if bad.size:
             raise DatasetError(
@@ -257,6 +398,12 @@ class VOCDataModule(BaseDataModule):
             is missing (off by default).
         batch_size, num_workers, pin_memory, persistent_workers, drop_last: DataLoader settings.
         train_augment, eval_augment: lists of ``{"name": <albumentations class>, **kwargs}``.
+        train_sets: ``[[year, split], ...]`` to train on several image sets concatenated, e.g.
+            ``[[2007, trainval], [2012, trainval]]`` (the papers' "07+12"); replaces ``year`` /
+            ``train_split`` for training only (validation and test stay ``year`` / ``val_split``).
+        sbd_root: the extracted SBD ``benchmark_RELEASE`` folder; needed by (and only by) the training
+            split ``train_aug`` of VOC2012 (task ``semantic``): VOC2012 seg train + SBD train + val minus
+            VOC2012 seg val (see :class:`VOCDataset`).
     """
 
     def __init__(
@@ -279,14 +426,34 @@ class VOCDataModule(BaseDataModule):
         eval_augment: list[dict[str, Any]] | None = None,
         drop_last: bool = False,
         shuffle_seed: int | None = None,
+        train_sets: list[tuple[int | str, str]] | None = None,
+        sbd_root: str | None = None,
     ) -> None:
         super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last,
                          shuffle_seed)
         check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
-        self.save_hyperparameters()
+        # the model holds the class names (linked from this module by the CLI) in its own hparams; kept here too,
+        # the two would differ (None / list vs the resolved tuple) and Lightning refuses to merge them for the logger
+        self.save_hyperparameters(ignore=["class_names"])
         self.root = root
         self.year = str(year)
         self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
+        if train_sets is not None:
+            if not train_sets:
+                raise ValueError("train_sets is empty: give [[year, split], ...] or leave it null")
+            pairs = []
+            for pair in train_sets:
+                if len(pair) != 2 or not str(pair[1]).strip():
+                    raise ValueError(f"train_sets: expected [year, split] pairs, got {pair!r}")
+                pairs.append((str(pair[0]), str(pair[1])))
+            self.train_sets = pairs
+        else:
+            self.train_sets = [(self.year, train_split)]
+        if sbd_root is not None and not any(s == TRAIN_AUG for _, s in self.train_sets):
+            raise ValueError(f"sbd_root is only used by the training split {TRAIN_AUG!r}; set train_split: {TRAIN_AUG}")
+        if sbd_root is not None and task != "semantic":
+            raise ValueError(f"sbd_root (SBD class labels) needs task: semantic, got {task!r}")
+        self.sbd_root = sbd_root
         self.keep_difficult_in_train = keep_difficult_in_train
         self.on_unknown_class = on_unknown_class
         self.download = download
@@ -310,32 +477,49 @@ class VOCDataModule(BaseDataModule):
         import torchvision.datasets as tvd
 
         root = Path(self.root)
-        # torchvision extracts into <dir>/VOCdevkit/VOC<year>: find <dir> from what root points at
-        if root.name == f"VOC{self.year}" and root.parent.name == "VOCdevkit":
-            base = root.parent.parent
-        elif root.name == "VOCdevkit":
-            base = root.parent
-        else:
-            base = root
         sets = "Main" if self.task == "detection" else "Segmentation"
         cls = tvd.VOCDetection if self.task == "detection" else tvd.VOCSegmentation
-        for split in dict.fromkeys(self.splits.values()):
+        wanted = [(y, "train" if s == TRAIN_AUG else s) for y, s in self.train_sets]  # SBD itself is not fetched
+        wanted += [(y, "val") for y, s in self.train_sets if s == TRAIN_AUG]  # held out of train_aug
+        wanted += [(self.year, self.splits["val"]), (self.year, self.splits["test"])]
+        for year, split in dict.fromkeys(wanted):
+            # torchvision extracts into <dir>/VOCdevkit/VOC<year>: find <dir> from what root points at
+            if root.name == f"VOC{year}" and root.parent.name == "VOCdevkit":
+                base = root.parent.parent
+            elif root.name == "VOCdevkit":
+                base = root.parent
+            else:
+                base = root
             try:
-                if (resolve_voc_root(self.root, self.year) / "ImageSets" / sets / f"{split}.txt").is_file():
+                if (resolve_voc_root(self.root, year) / "ImageSets" / sets / f"{split}.txt").is_file():
                     continue
             except DatasetError:
                 pass
-            cls(root=str(base), year=self.year, image_set=split, download=True)
+            cls(root=str(base), year=year, image_set=split, download=True)
 
     def _make_dataset(self, split: Literal["train", "val", "test"]) -> VOCDataset:
-        name = self.splits[split]
+        if split == "train":
+            sets = [(resolve_voc_root(self.root, y), s) for y, s in self.train_sets]
+            dirs = {d for d, _ in sets}
+            years = {y for y, _ in self.train_sets}
+            if len(dirs) < len(years):
+                raise DatasetError(
+                    f"{self.root}: root: train_sets name the years {sorted(years)} but they all resolve to the year "
+                    f"folder {next(iter(dirs))}; point root at the VOCdevkit folder that holds VOC<year> for each"
+                )
+            label = " + ".join(f"VOC{y} {s}" for y, s in self.train_sets)
+        else:
+            sets = [(self.year_dir, self.splits[split])]
+            label = f"VOC{self.year} {self.splits[split]}"
         return VOCDataset(
-            self.year_dir,
-            name,
+            sets[0][0],
+            sets[0][1],
             task=self.task,
             class_names=self.class_names,
             augment=self.augment_for(split),
             keep_difficult=self.keep_difficult_in_train if split == "train" else True,
             on_unknown_class=self.on_unknown_class,
-            name=f"VOC{self.year} {name} ({self.task}, {split})",
+            name=f"{label} ({self.task}, {split})",
+            more_sets=sets[1:],
+            sbd_dir=self.sbd_root if split == "train" else None,
         )

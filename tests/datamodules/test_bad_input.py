@@ -285,3 +285,165 @@ def test_semantic_png_with_values_outside_the_classes(tmp_path: Path) -> None:
     save_palette_png(root / "SegmentationClass" / "a.png", label)
     with pytest.raises(DatasetError, match=r"a\.png: label values \[7\]"):
         voc(root, task="semantic")[0]
+
+
+# -- polygon and RLE values (checked before pycocotools' C code sees them) -----------------------------------
+def _coco_with_segmentation(root: Path, segmentation) -> Path:
+    return make_coco(root, annotations=[
+        {"id": 1, "image_id": 1, "category_id": 2, "bbox": [2, 3, 5, 6], "iscrowd": 0, "segmentation": segmentation}
+    ])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_polygon_coordinate_is_a_named_error(tmp_path: Path, value: float) -> None:
+    # before the check, NaN made pycocotools crash the process (SIGSEGV) or allocate without bound
+    ann = _coco_with_segmentation(tmp_path, [[2, 3, value, 3, 7, 9, 2, 9]])
+    field = r"ann\.json: annotations\[0\] \(id 1\)\.segmentation\[0\]\[2\]"
+    with pytest.raises(DatasetError, match=rf"{field}: .* not finite"):
+        COCODataset(ann, tmp_path / "img", task="instance")
+
+
+@pytest.mark.parametrize("task", ["instance", "semantic"])
+def test_polygon_far_outside_the_image_is_a_named_error(tmp_path: Path, task: str) -> None:
+    ann = _coco_with_segmentation(tmp_path, [[2, 3, 7, 3, 1e6, 9, 2, 9]])
+    with pytest.raises(DatasetError, match=r"segmentation\[0\]: vertex 2 \(1000000\.0, 9\) lies far outside the 32x24"):
+        COCODataset(ann, tmp_path / "img", task=task)
+
+
+def test_polygon_slightly_outside_the_image_is_accepted_and_clipped_by_rasterisation(tmp_path: Path) -> None:
+    ann = _coco_with_segmentation(tmp_path, [[-3, -2, 35, -2, 35, 26, -3, 26]])  # a few px beyond 32 x 24
+    _, t = COCODataset(ann, tmp_path / "img", task="instance")[0]
+    assert t["masks"].shape == (1, 24, 32) and bool(t["masks"].all())
+
+
+def test_empty_polygon_list_is_a_named_error(tmp_path: Path) -> None:
+    # before: an all-zero mask with its box kept as a target
+    ann = _coco_with_segmentation(tmp_path, [])
+    with pytest.raises(DatasetError, match=r"annotations\[0\] \(id 1\)\.segmentation: empty polygon list"):
+        COCODataset(ann, tmp_path / "img", task="instance")
+
+
+@pytest.mark.parametrize(
+    ("rle", "field"),
+    [
+        # a valid string for a shorter mask: decoded by pycocotools into garbage (uninitialised pixels)
+        ({"size": [24, 32], "counts": "0"},
+         r"segmentation\.counts: compressed RLE runs sum to 0, not height \* width = 768"),
+        # the RLE of a 32 x 32 mask under a 24 x 32 size: pycocotools would write past the mask
+        ({"size": [24, 32], "counts": "PP1"}, r"segmentation\.counts: compressed RLE runs sum to 1024, not"),
+        ({"size": [24, 32], "counts": "0`"}, r"segmentation\.counts: compressed RLE string is truncated"),
+        ({"size": [24, 32], "counts": "0 1"}, r"segmentation\.counts: character ' ' is not part of a compressed RLE"),
+        ({"size": [24, 32], "counts": [800, -32]}, r"segmentation\.counts: uncompressed RLE has a negative run length"),
+        ({"size": [24, 32], "counts": [700]}, r"segmentation\.counts: uncompressed RLE runs sum to 700"),
+        ({"size": [24, 32], "counts": [700, "x"]}, r"segmentation\.counts\[1\]: expected a number, got 'x'"),
+        ({"size": ["a", 32], "counts": "0"}, r"segmentation\.size\[0\]: expected a number, got 'a'"),
+    ],
+)
+def test_bad_rle_is_a_named_error(tmp_path: Path, rle: dict, field: str) -> None:
+    ann = _coco_with_segmentation(tmp_path, rle)
+    with pytest.raises(DatasetError, match=rf"ann\.json: annotations\[0\] \(id 1\)\.{field}"):
+        COCODataset(ann, tmp_path / "img", task="instance")
+
+
+# -- ids given as strings --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("image_id", "ann_image_id", "category_id"),
+    [("1", "1", 2), ("1", 1, 2), (1, "1", "2"), ("01", "1", 2)],
+)
+def test_string_ids_match_annotations_to_their_image(tmp_path: Path, image_id, ann_image_id, category_id) -> None:
+    # before: every annotation silently missed its image (pycocotools' index compares "1" != 1): no targets
+    ann = make_coco(
+        tmp_path,
+        images=[{"id": image_id, "file_name": "a.png", "width": 32, "height": 24}],
+        annotations=[{"id": "7", "image_id": ann_image_id, "category_id": category_id, "bbox": [2, 3, 5, 6],
+                      "segmentation": [[2, 3, 7, 3, 7, 9, 2, 9]]}],
+    )
+    ds = COCODataset(ann, tmp_path / "img", task="instance")
+    assert ds.stats["objects"] == 1
+    _, t = ds[0]
+    assert t["image_id"] == 1 and t["labels"].tolist() == [2] and t["boxes"].tolist() == [[2.0, 3.0, 7.0, 9.0]]
+    assert int(t["masks"].sum()) > 0
+
+
+def test_string_id_that_is_not_an_integer_is_a_named_error(tmp_path: Path) -> None:
+    ann = make_coco(tmp_path, images=[{"id": "img-1", "file_name": "a.png", "width": 32, "height": 24}], annotations=[])
+    with pytest.raises(DatasetError, match=r"ann\.json: images\[0\]\.id: expected a number, got 'img-1'"):
+        COCODataset(ann, tmp_path / "img")
+
+
+def test_shapes_coco_reader_with_string_ids_keeps_every_object(tiny_shapes_dataset: Path, tiny_shapes_params: dict,
+                                                                tmp_path: Path) -> None:
+    import shutil
+
+    from datamodules import ShapesDataModule
+
+    root = Path(shutil.copytree(tiny_shapes_dataset, tmp_path / "shapes"))
+    path = root / "annotations" / "instances_val.json"
+    doc = json.loads(path.read_text())
+    for img in doc["images"]:
+        img["id"] = str(img["id"])
+    for a in doc["annotations"]:
+        a["id"], a["image_id"] = str(a["id"]), str(a["image_id"])
+    path.write_text(json.dumps(doc))
+    p = tiny_shapes_params
+    dm = ShapesDataModule(root=str(root), reader="coco", seed=p["seed"], num_train=p["num_train"], num_val=p["num_val"],
+                          image_size=p["size"], progress=False)
+    dm.setup("validate")
+    assert dm.val_dataset.stats["objects"] == len(doc["annotations"]) > 0
+    ref = COCODataset(tiny_shapes_dataset / "annotations" / "instances_val.json", tiny_shapes_dataset / "JPEGImages")
+    for i in range(len(ref)):
+        got, want = dm.val_dataset[i][1], ref[i][1]
+        assert torch.equal(got["boxes"], want["boxes"]) and torch.equal(got["labels"], want["labels"])
+        assert got["image_id"] == want["image_id"]
+
+
+# -- VOC SegmentationObject index without an XML object ----------------------------------------------------
+def test_segmentation_object_index_without_xml_object_is_a_named_error(tmp_path: Path) -> None:
+    from datamodules.palette import save_palette_png
+
+    root = make_voc(tmp_path, obj("cat", (2, 2, 10, 10)) + obj("dog", (12, 2, 20, 10)))
+    (root / "ImageSets" / "Segmentation").mkdir()
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
+    (root / "SegmentationObject").mkdir()
+    objects = np.zeros((24, 32), np.uint8)
+    objects[1:10, 1:10], objects[1:10, 11:20], objects[15:20, 5:9] = 1, 2, 3  # 3: no third <object>
+    objects[0, :] = 255
+    save_palette_png(root / "SegmentationObject" / "a.png", objects)
+    ds = voc(root, task="instance")
+    msg = r"SegmentationObject/a\.png: object indices \[3\] have no object in .*a\.xml \(2 object"
+    with pytest.raises(DatasetError, match=msg):
+        ds[0]
+    objects[15:20, 5:9] = 2  # every index has its object: masks as before
+    save_palette_png(root / "SegmentationObject" / "a.png", objects)
+    _, t = ds[0]
+    assert t["masks"].shape == (2, 24, 32) and t["masks"].sum(dim=(1, 2)).tolist() == [81, 81 + 20]
+
+
+# -- decompression bombs ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("escalated", [False, True])
+def test_decompression_bomb_image_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, escalated: bool
+) -> None:
+    ds = voc(make_voc(tmp_path, obj()))  # a 32 x 24 image = 768 pixels
+    # PIL raises DecompressionBombError above 2 * MAX_IMAGE_PIXELS and warns above MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500 if escalated else 300)
+    with warnings.catch_warnings():
+        if escalated:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        msg = r"JPEGImages/a\.jpg: image too large, refused as a possible decompression bomb"
+        with pytest.raises(DatasetError, match=msg):
+            ds[0]
+
+
+def test_decompression_bomb_label_png_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datamodules.palette import save_palette_png
+
+    root = make_voc(tmp_path, obj())
+    (root / "ImageSets" / "Segmentation").mkdir()
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
+    (root / "SegmentationClass").mkdir()
+    save_palette_png(root / "SegmentationClass" / "a.png", np.zeros((48, 64), np.uint8))  # 3072 pixels
+    ds = voc(root, task="semantic")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 768-pixel image passes, the PNG is over 2 * 1000
+    with pytest.raises(DatasetError, match=r"SegmentationClass/a\.png: label PNG too large"):
+        ds[0]

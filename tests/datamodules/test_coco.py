@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from datamodules import COCODataModule, COCODataset
-from datamodules.coco import decode_segmentation
+from datamodules.coco import decode_segmentation, rle_counts
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 COCO_DIR = SHARED / "data" / "real" / "coco"
@@ -154,3 +154,28 @@ def test_compressed_and_uncompressed_rle_and_polygon_decode(tmp_path: Path) -> N
             assert np.array_equal(got, mask)
         else:  # polygon rasterisation covers the rectangle's edges up to 1 px
             assert np.array_equal(got[3:8, 2:12], mask[3:8, 2:12]) and abs(int(got.sum()) - 50) <= 16
+
+
+def _run_lengths(mask: np.ndarray) -> list[int]:
+    """COCO run lengths of ``mask`` (column-major, starting with a run of zeros), computed directly."""
+    flat = mask.T.ravel().astype(np.int8)
+    edges = np.r_[0, np.flatnonzero(np.diff(flat)) + 1, flat.size]
+    runs = np.diff(edges).tolist()
+    return [0] + runs if flat.size and flat[0] == 1 else runs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rle_counts_reads_pycocotools_strings(seed: int) -> None:
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(1, 300, 2))
+    masks = [rng.random((h, w)) < rng.random(), np.ones((h, w), bool), np.zeros((h, w), bool)]
+    block = np.zeros((h, w), bool)
+    block[h // 3:, : w // 2] = True
+    masks.append(block)
+    for m in masks:
+        encoded = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"]
+        runs = rle_counts(encoded)
+        assert runs.tolist() == _run_lengths(m)
+        assert int(runs.sum()) == h * w
