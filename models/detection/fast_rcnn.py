@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from models.parts.backbones import Backbone
@@ -24,6 +25,31 @@ from models.parts.roi_heads import FastRCNNHead, RoIPool, fast_rcnn_loss, postpr
 from models.detection.proposal_detector import SelectiveSearchDetector
 from models.parts.selective_search import SelectiveSearch, cache_dir_beside
 from models.registry import register_model
+
+
+def truncated_svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
+    """Fast R-CNN Sec. 3.1: replace ``layer`` (W, u x v) by its rank-``rank`` truncated SVD W ~ U_t S_t V_t^T,
+    two layers without a non-linearity between them: S_t V_t^T (t x v, no bias) then U_t (u x t, W's bias).
+    Parameters drop from u v to t (u + v); the best rank-t approximation of W (Eckart-Young)."""
+    if not 1 <= rank <= min(layer.in_features, layer.out_features):
+        raise ValueError(f"rank must be in [1, {min(layer.in_features, layer.out_features)}], got {rank}")
+    with torch.no_grad():
+        u, s, vh = torch.linalg.svd(layer.weight.double(), full_matrices=False)
+        first = nn.Linear(layer.in_features, rank, bias=False)
+        second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
+        first.weight.copy_((s[:rank, None] * vh[:rank]).to(layer.weight.dtype))
+        second.weight.copy_(u[:, :rank].to(layer.weight.dtype))
+        if layer.bias is not None:
+            second.bias.copy_(layer.bias)
+    return nn.Sequential(first, second).to(layer.weight.device)
+
+
+def truncate_fc_layers(head: FastRCNNHead, fc6_rank: int = 1024, fc7_rank: int = 256) -> FastRCNNHead:
+    """Compress ``head``'s fc6 and fc7 in place with :func:`truncated_svd_linear` (Sec. 3.1, Fig. 2: the top
+    1024 singular values of fc6 and 256 of fc7 for VGG16) and return it."""
+    head.fc_layers.fc6 = truncated_svd_linear(head.fc_layers.fc6, fc6_rank)
+    head.fc_layers.fc7 = truncated_svd_linear(head.fc_layers.fc7, fc7_rank)
+    return head
 
 
 @register_model("fast_rcnn", family="two_stage")
@@ -93,6 +119,10 @@ class FastRCNN(SelectiveSearchDetector):
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.proposals_seen, self.images_seen = 0, 0
+
+    def truncate_svd(self, fc6_rank: int, fc7_rank: int) -> None:
+        """Test-time truncated SVD of fc6 and fc7 (Sec. 3.1), see :func:`truncate_fc_layers`."""
+        truncate_fc_layers(self.head, fc6_rank, fc7_rank)
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, proposals: list[Tensor] | None = None
