@@ -61,7 +61,9 @@ class TaskModule(pl.LightningModule):
         optimizer: ``sgd`` (momentum) as the papers, or ``adamw``.
         lr, momentum, weight_decay: optimiser settings.
         warmup_steps: linear learning-rate warm-up from 0.1 x lr (Goyal et al. 2017).
-        scheduler: ``cosine`` decay to zero over the run, or ``constant``.
+        scheduler: ``cosine`` decay to zero over the run, ``constant``, or ``multistep``: the papers' "1x"
+            schedule, the rate times ``lr_gamma`` at each of ``milestones`` (optimiser steps, or fractions
+            of the run when below 1: the default 2/3, 8/9 are 60k and 80k of 90k iterations).
         nonfinite_loss: ``raise`` stops the run naming the step and the loss terms; ``skip`` drops
             that step's update and counts it, so no ruined weights reach a checkpoint.
         torch_compile: ``True``, a ``torch.compile`` mode (``max-autotune``) or its keyword arguments
@@ -80,7 +82,9 @@ class TaskModule(pl.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         warmup_steps: int = 100,
-        scheduler: Literal["cosine", "constant"] = "cosine",
+        scheduler: Literal["cosine", "constant", "multistep"] = "cosine",
+        milestones: Sequence[float] = (2 / 3, 8 / 9),
+        lr_gamma: float = 0.1,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
         torch_compile: bool | str | dict[str, Any] = False,
     ) -> None:
@@ -138,10 +142,25 @@ class TaskModule(pl.LightningModule):
         return loss
 
     # ----------------------------------------------------------- checkpoints
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's, building the network without reading or downloading pretrained weights (ImageNet,
+        torchvision's COCO models): the checkpoint holds the weights."""
+        from models.parts.torchvision_weights import restoring_checkpoint
+
+        with restoring_checkpoint():
+            return super().load_from_checkpoint(*args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the random streams with the weights: a run resumed from this checkpoint draws the same
         random numbers (RoI sampling, dropout) as the uninterrupted run would have."""
         checkpoint["rng_states"] = capture_rng_states()
+        # what scripts/predict.py needs without the training data: the class and the dataset's category ids
+        checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        mapping = getattr(datamodule, "label_to_category_id", None)
+        if mapping:
+            checkpoint["label_to_category_id"] = {int(k): int(v) for k, v in mapping.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
@@ -158,12 +177,17 @@ class TaskModule(pl.LightningModule):
             raise ValueError(f"unknown optimizer {hp.optimizer!r}")
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warmup = min(hp.warmup_steps, max(total - 1, 0))
+        steps = [round(m * total) if m < 1 else int(m) for m in hp.get("milestones", ())]
+        if hp.scheduler not in ("cosine", "constant", "multistep"):
+            raise ValueError(f"unknown scheduler {hp.scheduler!r}; expected cosine, constant or multistep")
 
         def factor(step: int) -> float:
             if step < warmup:
                 return 0.1 + 0.9 * step / max(1, warmup)
             if hp.scheduler == "constant":
                 return 1.0
+            if hp.scheduler == "multistep":
+                return hp.lr_gamma ** sum(step >= m for m in steps)
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -176,7 +200,9 @@ class TaskModule(pl.LightningModule):
         for metric in collection.values():
             results.update({k: float(v) for k, v in metric.compute().items()})
             metric.reset()
-        self.log_dict({f"{prefix}/{k}": v for k, v in results.items()}, sync_dist=False)
+        # every rank holds the same values (the metrics gathered their states): a max-reduce keeps them exact
+        # for any world size and tells Lightning they are synchronised (no sync_dist warning under DDP)
+        self.log_dict({f"{prefix}/{k}": v for k, v in results.items()}, sync_dist=True, reduce_fx="max")
         return results
 
     def on_validation_epoch_end(self) -> None:
@@ -232,8 +258,8 @@ class DetectionModule(TaskModule):
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
         return self._evaluate(batch, self.val_metrics)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        return self._evaluate(batch, self.test_metrics)  # the predictions, for models.prediction_writer
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         images, targets = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (batch, None)
@@ -295,8 +321,8 @@ class SemanticSegmentationModule(TaskModule):
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
         return self._evaluate(batch, self.val_metrics)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        return self._evaluate(batch, self.test_metrics)  # the predictions, for models.prediction_writer
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch

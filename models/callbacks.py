@@ -3,7 +3,10 @@
 * :class:`RunMetadata`: writes ``run_info.json`` (seed, library versions, git commit, command line,
   devices) beside the run's logs and into the W&B config, so any number can be traced to its code.
 * :class:`WandbPredictionImages`: each validation epoch, a few validation images with predicted and
-  ground-truth boxes (``wandb.Image(boxes=)``) or masks (``masks=``), and the precision/recall curves.
+  ground-truth boxes (``wandb.Image(boxes=)``) or masks (``masks=``), the same as a predictions table
+  (image, scores, ground truth) and the precision/recall curves as a W&B line plot.
+* :class:`ValidationSummary`: after each validation, a small table of the main metrics on the terminal.
+* :class:`LineProgressBar`: progress as one plain line every N steps, for logs that are not a terminal.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks.progress import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -87,6 +91,140 @@ class RunMetadata(pl.Callback):
                 logger.experiment.config.update({"run_info": info}, allow_val_change=True)
 
 
+#: the metrics :class:`ValidationSummary` shows, in this order, when they were logged
+MAIN_METRICS = ("val/voc07/mAP", "val/voc/mAP", "val/lecture/mAP", "val/coco/AP", "val/coco/AP50", "val/coco_segm/AP",
+                "val/mean_iou", "val/miou", "val/pixel_accuracy", "val/mean_dice")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
+
+
+def _progress_print(trainer: pl.Trainer, text: str) -> None:
+    """Print through the progress bar (so a tqdm bar is not broken) when there is one, else to stdout."""
+    bar = trainer.progress_bar_callback
+    if bar is not None:
+        bar.print(text)
+    else:
+        print(text, flush=True)
+
+
+class ValidationSummary(pl.Callback):
+    """After each validation (not the sanity check), a compact table of the main metrics on rank 0:
+    value, change since the previous validation and best so far.
+
+    Args:
+        metrics: keys to show when logged; default :data:`MAIN_METRICS` plus the checkpoint's monitor.
+    """
+
+    def __init__(self, metrics: tuple[str, ...] = MAIN_METRICS) -> None:
+        self.metrics = tuple(metrics)
+        self._previous: dict[str, float] = {}
+        self._best: dict[str, float] = {}
+
+    def table(self, trainer: pl.Trainer) -> str | None:
+        """The table for the trainer's current ``callback_metrics`` (``None`` when none of the keys was logged)."""
+        keys = list(self.metrics)
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+        if monitor and monitor not in keys:
+            keys.append(monitor)
+        values = {k: float(trainer.callback_metrics[k]) for k in keys if k in trainer.callback_metrics}
+        if not values:
+            return None
+        width = max(len(k) for k in values)
+        lines = [f"validation | epoch {trainer.current_epoch} | step {trainer.global_step}",
+                 f"  {'metric':<{width}}  {'value':>8}  {'change':>8}  {'best':>8}"]
+        mode_max = getattr(trainer.checkpoint_callback, "mode", "max") != "min"
+        for key, value in values.items():
+            change = f"{value - self._previous[key]:+.4f}" if key in self._previous else "-"
+            best = self._best.get(key, value)
+            best = (max if mode_max or key != monitor else min)(best, value)
+            self._best[key], self._previous[key] = best, value
+            lines.append(f"  {key:<{width}}  {_fmt(value):>8}  {change:>8}  {_fmt(best):>8}")
+        return "\n".join(lines)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        text = self.table(trainer)
+        if text:
+            _progress_print(trainer, text)
+
+
+class LineProgressBar(ProgressBar):
+    """Training progress as plain lines (epoch, step, batch, progress-bar metrics, speed, time left), one every
+    ``every_n_steps`` optimiser steps and one per finished epoch: readable in a cluster job's log file, where a
+    tqdm bar is one line of carriage returns.
+    """
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._enabled = True
+        self._last_step = -1
+        self._start = 0.0
+        self._start_step = 0
+        self._epoch_start = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self._enabled:
+            print(*args, **kwargs, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start, self._start_step, self._last_step = time.monotonic(), trainer.global_step, trainer.global_step
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.monotonic()
+
+    def _metrics_text(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        return " | ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in metrics.items())
+
+    def step_line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int) -> str:
+        """The progress line at the current step."""
+        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        batches = self.total_train_batches
+        parts = [f"epoch {trainer.current_epoch}{epochs}",
+                 f"step {step}" + (f"/{int(total)}" if total != float("inf") else ""),
+                 f"batch {batch_idx + 1}" + (f"/{int(batches)}" if batches != float("inf") else "")]
+        metrics = self._metrics_text(trainer, pl_module)
+        if metrics:
+            parts.append(metrics)
+        elapsed = time.monotonic() - self._start
+        done = step - self._start_step
+        if elapsed > 0 and done > 0:
+            rate = done / elapsed
+            parts.append(f"{rate:.2f} steps/s")
+            if total != float("inf"):
+                parts.append(f"eta {time.strftime('%H:%M:%S', time.gmtime(max(0.0, (total - step) / rate)))}")
+        return " | ".join(parts)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step != self._last_step and step % self.every_n_steps == 0:
+            self._last_step = step
+            self.print(self.step_line(trainer, pl_module, batch_idx))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = self._metrics_text(trainer, pl_module)
+        self.print(f"epoch {trainer.current_epoch} done | step {trainer.global_step} | "
+                   f"{time.monotonic() - self._epoch_start:.1f} s" + (f" | {metrics}" if metrics else ""))
+
+
 def _class_labels(class_names: list[str]) -> dict[int, str]:
     return {0: "background", **{i + 1: name for i, name in enumerate(class_names)}}
 
@@ -121,13 +259,34 @@ def instance_label_map(masks: torch.Tensor, labels: torch.Tensor, shape: tuple[i
     return out
 
 
+#: the columns of the ``val/predictions`` table (one row per logged image and validation)
+PREDICTION_COLUMNS = ("epoch", "step", "image", "predictions", "ground_truth", "num_predictions", "num_ground_truth",
+                      "top_score")
+
+
+def pr_curve_series(curves: dict[str, dict[str, Any]],
+                    max_points: int = 200) -> tuple[list[list[float]], list[list[float]]]:
+    """Recall (x) and precision (y) lists per class for ``wandb.plot.line_series``, each thinned to at most
+    ``max_points`` points (the first and last kept) so a validation's plot stays small."""
+    xs, ys = [], []
+    for curve in curves.values():
+        recall, precision = np.asarray(curve["recall"], float), np.asarray(curve["precision"], float)
+        if len(recall) > max_points:
+            idx = np.unique(np.linspace(0, len(recall) - 1, max_points).round().astype(int))
+            recall, precision = recall[idx], precision[idx]
+        xs.append(recall.tolist())
+        ys.append(precision.tolist())
+    return xs, ys
+
+
 class WandbPredictionImages(pl.Callback):
-    """Log ``num_images`` validation images with predictions and ground truth to W&B each validation epoch.
+    """Log ``num_images`` validation images with predictions and ground truth to W&B each validation epoch, as
+    images (``val/examples``) and as a table (``val/predictions``), with the PR curves (``val/pr_curve``).
 
     Args:
         num_images: how many images (the first of the validation set, so epochs are comparable).
         score_threshold: boxes below this score are not drawn (all are still scored by the metrics).
-        pr_curves: also log the per-class precision/recall curves of detectors as an image.
+        pr_curves: also log the per-class precision/recall curves of detectors (a W&B line plot and an image).
     """
 
     def __init__(self, num_images: int = 8, score_threshold: float = 0.3, pr_curves: bool = True) -> None:
@@ -182,6 +341,27 @@ class WandbPredictionImages(pl.Callback):
             out.append(item)
         return out
 
+    def summaries(self, class_names: list[str]) -> list[list[Any]]:
+        """Per collected image, the non-image cells of :data:`PREDICTION_COLUMNS`: predicted objects with scores
+        (above ``score_threshold``), ground-truth objects, their counts and the highest score."""
+        names = _class_labels(class_names)
+        out = []
+        for _, pred, target in self._items:
+            if isinstance(pred, torch.Tensor):  # semantic: the classes present in each label map
+                gt = target[target != 255]
+                pred_classes = [names.get(int(c), str(int(c))) for c in torch.unique(pred).tolist() if c != 0]
+                gt_classes = [names.get(int(c), str(int(c))) for c in torch.unique(gt).tolist() if c != 0]
+                out.append([", ".join(pred_classes), ", ".join(gt_classes), len(pred_classes), len(gt_classes), None])
+                continue
+            keep = pred["scores"] >= self.score_threshold
+            order = torch.argsort(pred["scores"][keep], descending=True)
+            labels, scores = pred["labels"][keep][order].tolist(), pred["scores"][keep][order].tolist()
+            predicted = ", ".join(f"{names.get(int(lab), str(lab))} {sc:.2f}" for lab, sc in zip(labels, scores))
+            truth = ", ".join(names.get(int(lab), str(lab)) for lab in target["labels"].tolist())
+            top = float(pred["scores"].max()) if len(pred["scores"]) else None
+            out.append([predicted, truth, len(labels), int(len(target["labels"])), top])
+        return out
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loggers = self._loggers(trainer)
         if trainer.sanity_checking or not loggers:
@@ -196,7 +376,13 @@ class WandbPredictionImages(pl.Callback):
             return
         import wandb
 
-        payload: dict[str, Any] = {"val/examples": [wandb.Image(**o) for o in self.overlays(list(pl_module.class_names))]}
+        class_names = list(pl_module.class_names)
+        images = [wandb.Image(**o) for o in self.overlays(class_names)]
+        payload: dict[str, Any] = {"val/examples": images}
+        if images:
+            rows = [[trainer.current_epoch, trainer.global_step, image, *summary]
+                    for image, summary in zip(images, self.summaries(class_names))]
+            payload["val/predictions"] = wandb.Table(columns=list(PREDICTION_COLUMNS), data=rows)
         if curves:
             from PIL import Image
 
@@ -205,6 +391,10 @@ class WandbPredictionImages(pl.Callback):
             with tempfile.TemporaryDirectory() as tmp:
                 path = plot_pr_curves(curves, Path(tmp) / "pr.png", title=f"epoch {trainer.current_epoch}: precision / recall (IoU 0.5)")
                 payload["val/pr_curves"] = wandb.Image(np.asarray(Image.open(path).convert("RGB")))
+            xs, ys = pr_curve_series(curves)
+            payload["val/pr_curve"] = wandb.plot.line_series(
+                xs=xs, ys=ys, keys=[f"{name} (AP {c['ap']:.3f})" for name, c in curves.items()],
+                title=f"precision / recall (VOC, IoU 0.5), epoch {trainer.current_epoch}", xname="recall")
         for logger in loggers:
             logger.experiment.log({**payload, "trainer/global_step": trainer.global_step})
         self._items = []

@@ -2,18 +2,24 @@
 """Train, validate, test or predict any model of the repo (LightningCLI).
 
     python scripts/train.py fit  --config experiments/fcos/shapes.yaml
-    python scripts/train.py test --config experiments/fcos/shapes.yaml --ckpt_path runs/fcos/shapes/checkpoints/last.ckpt
+    python scripts/train.py test --config experiments/fcos/shapes.yaml --ckpt_path last
     python scripts/train.py fit  --config experiments/fcos/shapes.yaml --print_config
 
 A config names the model and DataModule classes (``class_path``) and their arguments; the number of
 classes and their names come from the DataModule, so one model config serves every dataset.
+
+Each run writes one folder, ``<save_dir>/<name>/version_N/`` (``config.yaml``, ``metrics.csv``,
+``run_info.json``, ``checkpoints/``); ``--ckpt_path last`` is the newest ``last*.ckpt`` of the newest
+version that has one, i.e. the run just trained. Output folders are checked for writing before any work.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -28,6 +34,87 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback  # noqa: E402
 
 # the JSON file that receives the run's final metrics, for scripts/sweep.py
 from scripts.sweep import METRICS_FILE_ENV  # noqa: E402
+
+
+class OutputNotWritableError(RuntimeError):
+    """An output folder (checkpoints, logs, W&B runs, metrics file) cannot be written: found before any work."""
+
+
+def check_writable(folder: Union[str, Path], what: str) -> None:
+    """Create ``folder`` if needed and write and delete a probe file in it; :class:`OutputNotWritableError`
+    naming the folder otherwise. Remote URLs (``s3://`` ...) are not probed."""
+    if "://" in str(folder):
+        return
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputNotWritableError(f"cannot write {what} to {folder}: {exc.strerror or exc}") from exc
+
+
+def check_outputs_writable(trainer: pl.Trainer, metrics_file: Optional[str] = None) -> None:
+    """Every folder the run will write: explicit checkpoint folders, the loggers' folders (where checkpoints go
+    without one) and the metrics file's folder; W&B's folder is checked where its logger is made."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import WandbLogger
+
+    checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    for cb in checkpoints:
+        if cb.dirpath:
+            check_writable(cb.dirpath, "checkpoints")
+    if any(cb.dirpath is None for cb in checkpoints) and not trainer.loggers:
+        check_writable(Path(trainer.default_root_dir) / "checkpoints", "checkpoints")
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger) and logger.save_dir is not None:
+            check_writable(logger.save_dir, "logs and checkpoints" if logger is trainer.loggers[0] else "logs")
+    if metrics_file:
+        check_writable(Path(metrics_file).parent, f"the metrics file ({METRICS_FILE_ENV})")
+
+
+def _last_files(folder: Path, names: set[str]) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    patterns = [re.compile(rf"{re.escape(name)}(-v\d+)?\.ckpt") for name in names]
+    return [f for f in folder.iterdir() if f.is_file() and any(p.fullmatch(f.name) for p in patterns)]
+
+
+def run_versions(trainer: pl.Trainer) -> list[Path]:
+    """The run folders of the trainer's first logger (``<save_dir>/<name>/<version>``), newest first:
+    ``version_N`` by N, others by modification time."""
+    if not trainer.loggers:
+        return [Path(trainer.default_root_dir)]
+    logger = trainer.loggers[0]
+    root = Path(logger.save_dir if logger.save_dir is not None else trainer.default_root_dir) / str(logger.name)
+    if not root.is_dir():
+        return []
+    folders = [d for d in root.iterdir() if d.is_dir()]
+
+    def key(folder: Path) -> tuple[int, float]:
+        match = re.fullmatch(r"version_(\d+)", folder.name)
+        return (1, int(match.group(1))) if match else (0, folder.stat().st_mtime)
+
+    return sorted(folders, key=key, reverse=True)
+
+
+def last_checkpoint(trainer: pl.Trainer) -> Optional[Path]:
+    """What ``--ckpt_path last`` means: the newest ``last*.ckpt`` of the trainer's checkpoint callbacks, looked
+    for in their ``dirpath`` when set, else in the newest run version that has one (never an older run's
+    when a newer one saved, and not the folder of a run that has not saved yet)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    names = {cb.CHECKPOINT_NAME_LAST for cb in callbacks}
+    candidates = [f for cb in callbacks if cb.dirpath for f in _last_files(Path(cb.dirpath), names)]
+    if any(cb.dirpath is None for cb in callbacks):
+        for version in run_versions(trainer):
+            found = _last_files(version / "checkpoints", names)
+            if found:
+                candidates += found
+                break
+    return max(candidates, key=lambda f: f.stat().st_mtime) if candidates else None
 
 
 
@@ -64,12 +151,17 @@ def resolve_wandb_mode(mode: str) -> str:
     env = os.environ.get("WANDB_MODE")
     if env:
         return "disabled" if env in ("disabled", "dryrun_disabled") else ("offline" if env == "dryrun" else env)
+    return "online" if wandb_logged_in() else "offline"
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B credentials are configured (``wandb login`` / WANDB_API_KEY), asking no one and no server."""
     try:
         import wandb
 
-        return "online" if wandb.api.api_key else "offline"
+        return bool(wandb.login(prompt=False, verify=False))
     except Exception:  # wandb missing or misconfigured: never block training on logging
-        return "offline"
+        return False
 
 
 class SaveConfigEverywhere(SaveConfigCallback):
@@ -97,13 +189,36 @@ class CourseCLI(LightningCLI):
         parser.add_argument("--checkpoint_every_n_steps", type=Optional[int], default=None,
                             help="also save last.ckpt every N optimiser steps (beside the config's epoch checkpoints), "
                                  "so that `fit --ckpt_path last` resumes mid-epoch")
+        parser.add_argument("--progress", type=Literal["auto", "bar", "lines"], default="auto",
+                            help="training progress: a tqdm bar (`bar`), one plain line every "
+                                 "--progress_every_n_steps steps (`lines`, for log files), or `auto`: the bar on a "
+                                 "terminal, lines otherwise; trainer.enable_progress_bar=false shows neither")
+        parser.add_argument("--progress_every_n_steps", type=Optional[int], default=None,
+                            help="steps between progress lines (default: trainer.log_every_n_steps)")
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        from models.callbacks import RunMetadata, WandbPredictionImages
+        from pytorch_lightning.callbacks.progress import ProgressBar
+        from pytorch_lightning.plugins.io import CheckpointIO
+
+        from models.callbacks import LineProgressBar, RunMetadata, ValidationSummary, WandbPredictionImages
+        from models.checkpoint_io import AtomicCheckpointIO
 
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_config = config.get("trainer", {})
-        callbacks = [RunMetadata()]
+        callbacks = [RunMetadata(), ValidationSummary()]
+        progress = config.get("progress", "auto")
+        has_bar = any(isinstance(c, ProgressBar) for c in _as_list(trainer_config.get("callbacks")))
+        if trainer_config.get("enable_progress_bar") is not False and not has_bar and (
+                progress == "lines" or (progress == "auto" and not sys.stdout.isatty())):
+            lines_every = config.get("progress_every_n_steps") or trainer_config.get("log_every_n_steps") or 50
+            callbacks.append(LineProgressBar(every_n_steps=int(lines_every)))
+        plugins = _as_list(trainer_config.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # partial files beside the target, not in /tmp
+            trainer_config["plugins"] = plugins + [AtomicCheckpointIO()]
+        if self.subcommand in ("test", "predict"):  # coco_instances_results.json / label maps into the log dir
+            from models.prediction_writer import PredictionWriter
+
+            callbacks.append(PredictionWriter())
         every = config.get("checkpoint_every_n_steps")
         if every:
             from pytorch_lightning.callbacks import ModelCheckpoint
@@ -123,14 +238,16 @@ class CourseCLI(LightningCLI):
             kwargs["logger"] = loggers
             callbacks += [WandbPredictionImages(num_images=options.num_images), LearningRateMonitor("step")]
         trainer_config["callbacks"] = _as_list(trainer_config.get("callbacks")) + callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        check_outputs_writable(trainer, os.environ.get(METRICS_FILE_ENV))  # fail now, not after training
+        return trainer
 
     def _wandb_logger(self, options: WandbOptions, mode: str, config: Any) -> Any:
         from pytorch_lightning.loggers import WandbLogger
 
         model, data = type(config.get("model")).__name__, type(config.get("data")).__name__
         save_dir = options.save_dir or os.environ.get("WANDB_DIR") or "runs"
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        check_writable(save_dir, "W&B runs")
         return WandbLogger(
             project=options.project, entity=options.entity, group=options.group or os.environ.get("WANDB_RUN_GROUP"),
             tags=options.tags, name=options.name or os.environ.get("WANDB_NAME") or f"{model}-{data}",
@@ -149,6 +266,41 @@ class CourseCLI(LightningCLI):
         tmp = Path(path).with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics, indent=2))
         tmp.replace(path)
+
+    def _resolve_last_checkpoint(self) -> None:
+        """``--ckpt_path last`` -> the run just trained (:func:`last_checkpoint`), before Lightning looks: its own
+        lookup searches the folder of the new run version, which has no checkpoint yet."""
+        from models.checkpoint_io import remove_partial_checkpoints
+
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        path = last_checkpoint(self.trainer)
+        if path is None:
+            where = ", ".join(str(v) for v in run_versions(self.trainer)[:1]) or "the run folder"
+            if self.subcommand != "fit":
+                raise SystemExit(f"error: --ckpt_path last: no last checkpoint in {where}")
+            if self.trainer.is_global_zero:
+                print(f"--ckpt_path last: no checkpoint yet in {where}; training from the start", file=sys.stderr)
+            config["ckpt_path"] = None
+            return
+        if self.subcommand == "fit":
+            remove_partial_checkpoints(path.parent)  # a save killed mid-write in the run being resumed
+        if self.trainer.is_global_zero:
+            print(f"--ckpt_path last: {path}", file=sys.stderr)
+        config["ckpt_path"] = str(path)
+
+    def before_fit(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_validate(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_predict(self) -> None:
+        self._resolve_last_checkpoint()
 
     def after_fit(self) -> None:
         self._write_metrics()
@@ -173,6 +325,15 @@ def main(args: list[str] | None = None, run: bool = True, exit_on_error: bool = 
     import models.detection  # noqa: F401
     import models.segmentation  # noqa: F401
 
+    try:
+        return _cli(args, run, exit_on_error)
+    except OutputNotWritableError as exc:
+        if not exit_on_error:
+            raise
+        raise SystemExit(f"error: {exc}") from None
+
+
+def _cli(args: list[str] | None, run: bool, exit_on_error: bool) -> CourseCLI:
     return CourseCLI(
         pl.LightningModule,
         pl.LightningDataModule,

@@ -2,6 +2,8 @@
 
 A run killed mid-epoch and resumed from its step checkpoint must end exactly where an uninterrupted
 run of the same config ends: same weights, same metrics. Two runs with the same seed must agree.
+Nothing here depends on timing: the kill is a callback at a given step, and no time budget (the
+configs' ``max_time``) can end a run early on a busy machine.
 """
 
 from __future__ import annotations
@@ -38,17 +40,21 @@ def _args(root: Path, params: dict, out: Path, config: Path = FCOS) -> list[str]
         f"--data.init_args.image_size={params['size']}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
         "--model.init_args.min_size=64", "--model.init_args.max_size=64", "--model.init_args.warmup_steps=3",
         "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=3", "--trainer.enable_progress_bar=false",
-        "--trainer.deterministic=true", "--trainer.num_sanity_val_steps=0",
-        f"--trainer.logger.init_args.save_dir={out}", f"--trainer.callbacks.init_args.dirpath={out / 'ckpt'}",
+        "--trainer.deterministic=true", "--trainer.num_sanity_val_steps=0", "--trainer.max_time=null",
+        f"--trainer.logger.init_args.save_dir={out}", "--trainer.callbacks.init_args.dirpath=null",
         "--checkpoint_every_n_steps=4", "--wandb.mode=disabled",
     ]
 
 
 def _fit(args: list[str], callbacks: list[pl.Callback] = (), ckpt_path: str | None = None):
-    from scripts.train import main
+    """``fit`` as scripts/train.py runs it; ``ckpt_path="last"`` resolved as its ``--ckpt_path last``."""
+    from scripts.train import last_checkpoint, main
 
     cli = main(args, run=False)
     cli.trainer.callbacks[:0] = list(callbacks)
+    if ckpt_path == "last":
+        ckpt_path = last_checkpoint(cli.trainer)
+        cli.resumed_from = ckpt_path
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     return cli
 
@@ -68,11 +74,15 @@ def test_killed_run_resumed_mid_epoch_ends_like_the_uninterrupted_run(tiny_shape
     out = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="killed at step 10"):
         _fit(_args(tiny_shapes_dataset, tiny_shapes_params, out, config), callbacks=[KillAtStep(10)])
-    checkpoint = torch.load(out / "ckpt" / "last-step.ckpt", map_location="cpu", weights_only=False)
+    (killed_run,) = out.glob("*/version_0")  # the run's own folder: <save_dir>/<config name>/version_0
+    step_checkpoint = killed_run / "checkpoints" / "last-step.ckpt"
+    checkpoint = torch.load(step_checkpoint, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 8  # mid-epoch: batch 2 of epoch 1
     assert checkpoint["ShapesDataModule"] == {"train_epoch": 1, "train_batches_done": 2}
 
     resumed = _fit(_args(tiny_shapes_dataset, tiny_shapes_params, out, config), ckpt_path="last")
+    assert resumed.resumed_from == step_checkpoint  # step 8; no validation yet, so no last.ckpt
+    assert Path(resumed.trainer.log_dir) == killed_run.with_name("version_1")  # the resumed part: its own folder
     assert resumed.trainer.global_step == 18
     assert _same_weights(whole.model, resumed.model) == []
     assert resumed.model.last_val_metrics == whole.model.last_val_metrics

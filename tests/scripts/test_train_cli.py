@@ -1,6 +1,7 @@
 """scripts/train.py (LightningCLI) end to end on the tiny generated shapes dataset."""
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,25 +38,80 @@ def test_print_config_resolves_model_and_data_classes():
 
 
 @pytest.mark.slow
-def test_fit_lowers_the_baseline_loss_and_test_reports_metrics(tiny_shapes_dataset, tiny_shapes_params, tmp_path):
+def test_fit_lowers_the_baseline_loss_and_test_reports_metrics(tiny_shapes_dataset, tiny_shapes_params, tmp_path,
+                                                               capsys):
     from scripts.train import main
 
     args = ["--config", str(CONFIG), *_data_args(tiny_shapes_dataset, tiny_shapes_params),
-            "--trainer.max_epochs=6", "--trainer.check_val_every_n_epoch=6", "--trainer.log_every_n_steps=1",
-            "--trainer.enable_progress_bar=false", "--trainer.deterministic=true",
+            "--trainer.max_epochs=6", "--trainer.check_val_every_n_epoch=3", "--trainer.log_every_n_steps=1",
+            "--trainer.max_time=null", "--trainer.deterministic=true",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
-            f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
+            "--trainer.callbacks.init_args.dirpath=null",  # the run's own folder, whatever the config says
             "--model.init_args.warmup_steps=5"]
-    cli = main(["fit", *args])
+    cli = main(["fit", *args, "--progress=lines", "--progress_every_n_steps=6"])
     # The classes came from the DataModule, not the config.
     assert cli.model.num_classes == 6 and cli.model.class_names[0] == "circle"
-    rows = list(csv.DictReader(open(Path(cli.trainer.logger.log_dir) / "metrics.csv")))
+    run = tmp_path / "fcos_shapes" / "version_0"  # one folder per run: logs, config and checkpoints together
+    assert Path(cli.trainer.log_dir) == run
+    assert {"metrics.csv", "config.yaml", "run_info.json", "checkpoints"} <= {f.name for f in run.iterdir()}
+    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 30
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)
     assert set(cli.model.last_val_metrics) >= {"voc07/mAP", "voc/mAP", "lecture/mAP", "coco/AP"}
-    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
 
-    test = main(["test", *args, f"--ckpt_path={tmp_path / 'ckpt' / 'last.ckpt'}"])
+    out = capsys.readouterr().out
+    # 36 steps, a progress line every 6 (not one bar's last state), one line per epoch, a table per validation
+    steps = [line for line in out.splitlines()
+             if line.startswith("epoch ") and " | step " in line and "done" not in line]
+    assert [line.split(" | ")[1] for line in steps] == [f"step {n}/36" for n in range(6, 37, 6)]
+    assert "train/loss" in steps[0] and "steps/s" in steps[0]
+    assert sum(line.startswith("epoch ") and " done | " in line for line in out.splitlines()) == 6
+    tables = [line for line in out.splitlines() if line.startswith("validation | epoch ")]
+    assert tables == ["validation | epoch 2 | step 18", "validation | epoch 5 | step 36"]
+    voc = [line.split() for line in out.splitlines() if line.strip().startswith("val/voc07/mAP")]
+    assert len(voc) == 2 and float(voc[1][1]) == pytest.approx(cli.model.last_val_metrics["voc07/mAP"], abs=1e-4)
+
+    test = main(["test", *args, "--ckpt_path=last"])
+    assert Path(test.trainer.ckpt_path) == run / "checkpoints" / "last.ckpt"
     assert 0.0 <= test.model.last_test_metrics["voc07/mAP"] <= 1.0
+
+    # a second run of the same config gets the next folder, and `last` is now its checkpoint, not the first's
+    first_files = sorted((run / "checkpoints").iterdir())
+    second = main(["fit", *args, "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1"])
+    assert Path(second.trainer.log_dir) == tmp_path / "fcos_shapes" / "version_2"  # version_1: the test's logs
+    assert sorted((run / "checkpoints").iterdir()) == first_files  # no last-v1.ckpt beside the first run's
+    again = main(["test", *args, "--ckpt_path=last"])
+    assert Path(again.trainer.ckpt_path) == tmp_path / "fcos_shapes" / "version_2" / "checkpoints" / "last.ckpt"
+
+
+def test_last_checkpoint_is_the_newest_version_that_saved_one(tmp_path):
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from scripts.train import last_checkpoint
+
+    root = tmp_path / "name"
+    for version, files in {0: ["last.ckpt"], 1: ["last.ckpt", "last-step.ckpt", "epoch=0.ckpt.partial"],
+                           2: [], 10: []}.items():
+        folder = root / f"version_{version}" / "checkpoints"
+        folder.mkdir(parents=True)
+        for i, name in enumerate(files):
+            (folder / name).write_text(name)
+            os.utime(folder / name, (1000 + i, 1000 + i))
+    step = ModelCheckpoint(every_n_train_steps=4, save_last=True, save_top_k=0)
+    step.CHECKPOINT_NAME_LAST = "last-step"
+    trainer = Trainer(logger=CSVLogger(tmp_path, name="name"), callbacks=[ModelCheckpoint(save_last=True), step],
+                      enable_progress_bar=False, enable_model_summary=False)
+    # version_10 and version_2 have no checkpoint (a test run, a run that died before saving): version_1's newer file
+    assert last_checkpoint(trainer) == root / "version_1" / "checkpoints" / "last-step.ckpt"
+    explicit = Trainer(logger=CSVLogger(tmp_path, name="name"),
+                       callbacks=[ModelCheckpoint(dirpath=root / "version_0" / "checkpoints", save_last=True)],
+                       enable_progress_bar=False, enable_model_summary=False)
+    assert last_checkpoint(explicit) == root / "version_0" / "checkpoints" / "last.ckpt"
+    empty = Trainer(logger=CSVLogger(tmp_path, name="other"), callbacks=[ModelCheckpoint(save_last=True)],
+                    enable_progress_bar=False, enable_model_summary=False)
+    assert last_checkpoint(empty) is None

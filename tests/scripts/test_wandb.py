@@ -19,7 +19,8 @@ CONFIG = REPO / "experiments/fcos/shapes.yaml"
 
 
 @pytest.mark.slow
-def test_offline_run_writes_metrics_config_and_box_images(tiny_shapes_dataset, tiny_shapes_params, tmp_path, monkeypatch):
+def test_offline_run_writes_metrics_config_and_box_images(tiny_shapes_dataset, tiny_shapes_params, tmp_path,
+                                                          monkeypatch, capfd):
     from scripts.train import main
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -31,15 +32,20 @@ def test_offline_run_writes_metrics_config_and_box_images(tiny_shapes_dataset, t
           "--model.init_args.min_size=64", "--model.init_args.max_size=64", "--model.init_args.warmup_steps=2",
           "--model.init_args.weights=null",
           "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--trainer.log_every_n_steps=2",
+          "--trainer.max_time=null",  # no time budget: both epochs run however busy the machine is
           "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
-          f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
+          "--trainer.callbacks.init_args.dirpath=null",
           "--wandb.mode=auto", f"--wandb.save_dir={tmp_path}", "--wandb.group=test-group", "--wandb.num_images=3"])
     import wandb
 
     wandb.finish()  # a script's run finishes at exit; in-process, flush it before reading the file
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "auto mode without a login must write one offline run"
-    run = wandb_records.read_run(next(runs[0].glob("run-*.wandb")))
+    run = wandb_records.read_run(wandb_records.wait_for_run_file(runs[0]))  # every record written
+    # with W&B beside the CSV logger, the checkpoints still go to the CSV run's own folder
+    assert (tmp_path / "fcos_shapes" / "version_0" / "checkpoints" / "last.ckpt").exists()
+    output = capfd.readouterr()
+    assert "deprecated" not in output.out + output.err  # e.g. wandb.api, which the repo's code no longer uses
 
     logged = {k for row in run["history"] for k in row}
     assert {"train/loss", "val/voc07/mAP", "val/coco/AP", "lr-SGD"} <= logged
@@ -55,6 +61,35 @@ def test_offline_run_writes_metrics_config_and_box_images(tiny_shapes_dataset, t
     assert overlay["box_data"] and {"position", "class_id"} <= set(overlay["box_data"][0])
     assert list((runs[0] / "files" / "media" / "images").rglob("pr_curves*.png"))
     assert (runs[0] / "files" / "cli_config.yaml").exists()
+
+    # a predictions table per validation: image, predicted objects with scores, ground truth
+    tables = [row["val/predictions"] for row in run["history"] if "val/predictions" in row]
+    assert len(tables) == 2 and all(t["_type"] == "table-file" and t["nrows"] == 3 for t in tables)
+    table = json.loads((runs[0] / "files" / tables[-1]["path"]).read_text())
+    assert table["columns"][:5] == ["epoch", "step", "image", "predictions", "ground_truth"]
+    epoch, step, _, predicted, truth, n_pred, n_truth, top = table["data"][0]
+    assert epoch == 1 and step == 12 and n_truth == len(truth.split(", ")) >= 1
+    assert n_pred == (len(predicted.split(", ")) if predicted else 0) and 0.0 <= top <= 1.0
+    # the PR curves as a W&B line plot (a custom chart over a table of recall / class / precision)
+    panel = run["config"]["_wandb"]["visualize"]["val/pr_curve"]
+    assert panel["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
+    curves = [row["val/pr_curve_table"] for row in run["history"] if "val/pr_curve_table" in row]
+    assert len(curves) == 2
+    points = json.loads((runs[0] / "files" / curves[-1]["path"]).read_text())
+    assert points["columns"] == ["step", "lineKey", "lineVal"]  # recall, "<class> (AP ...)", precision
+    assert {key.split(" (AP")[0] for _, key, _ in points["data"]} <= {"circle", "rectangle", "triangle", "star",
+                                                                      "hexagon", "cross"}
+    assert all(0.0 <= r <= 1.0 and 0.0 <= p <= 1.0 for r, _, p in points["data"])
+
+
+def test_wandb_mode_auto_asks_no_deprecated_api(monkeypatch, capfd):
+    from scripts.train import resolve_wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    assert resolve_wandb_mode("auto") == "offline"
+    output = capfd.readouterr()
+    assert "deprecated" not in output.out + output.err
 
 
 def test_semantic_and_instance_predictions_become_wandb_masks():

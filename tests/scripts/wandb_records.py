@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,48 @@ def raw_records(path: str | Path) -> list[bytes]:
     return out
 
 
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Deep merge: W&B sends nested keys (``_wandb.visualize.<key>``) as separate updates of one top-level key."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def record_kinds(path: str | Path) -> list[str]:
+    """The type of each record of a run file, in order (``run``, ``history``, ..., ``exit`` last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    kinds = []
+    for raw in raw_records(path):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kinds.append(record.WhichOneof("record_type"))
+    return kinds
+
+
+def wait_for_run_file(run_dir: str | Path, timeout_s: float = 600.0) -> Path:
+    """The run file of ``run_dir`` once W&B's writer has written its ``exit`` record (after ``wandb.finish()``).
+
+    Waits for that record, not for a time: ``timeout_s`` only bounds a writer that never finishes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = sorted(Path(run_dir).glob("run-*.wandb"))
+        if files:
+            from google.protobuf.message import DecodeError
+
+            try:
+                if "exit" in record_kinds(files[0]):
+                    return files[0]
+            except (ValueError, struct.error, DecodeError):  # header or a record not fully written yet
+                pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run_dir}: W&B's writer wrote no exit record in {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 def _items_to_dict(items: Any) -> dict[str, Any]:
     """Protobuf items (``key`` or ``nested_key`` path, JSON value) as a nested dict."""
     out: dict[str, Any] = {}
@@ -69,9 +112,9 @@ def read_run(path: str | Path) -> dict[str, Any]:
         if kind == "history":
             history.append(_items_to_dict(record.history.item))
         elif kind == "config":
-            config.update(_items_to_dict(record.config.update))
+            _merge(config, _items_to_dict(record.config.update))
         elif kind == "run":  # wandb.init(config=...) arrives with the run record
-            config.update(_items_to_dict(record.run.config.update))
+            _merge(config, _items_to_dict(record.run.config.update))
         elif kind == "summary":
-            summary.update(_items_to_dict(record.summary.update))
+            _merge(summary, _items_to_dict(record.summary.update))
     return {"history": history, "config": config, "summary": summary}
