@@ -21,8 +21,10 @@ from torchvision.models.detection.ssd import SSD as TorchvisionSSD, SSDHead
 
 from models.base import DetectionModule
 from models.parts.anchors import default_box_generator
+from models.parts.backbones import configure_body
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
+from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
 from models.registry import register_model
 
 
@@ -84,6 +86,13 @@ class SSD(DetectionModule):
         neg_pos_ratio: hard negatives kept per positive (3).
         score_thresh, nms_thresh, detections_per_img, topk_candidates: decoding (Sec. 3: 0.01, 0.45,
             200 per image, top 400 per class before NMS as torchvision).
+        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
+            COCO ``ssd300_vgg16`` (300 x 300 inputs, 4 trainable VGG16 stages by default;
+            :mod:`models.parts.torchvision_weights`): its architecture and settings,
+            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
+        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
+            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
+            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
     """
 
     def __init__(
@@ -104,10 +113,23 @@ class SSD(DetectionModule):
         nms_thresh: float = 0.45,
         detections_per_img: int = 200,
         topk_candidates: int = 400,
+        frozen_bn: bool | None = None,
+        trainable_backbone_layers: int | None = None,
+        builder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.class_map = None  # set by whole-model torchvision weights
+        if pretrained_weights(PRETRAINED_BUILDERS["ssd"], weights) is not None:
+            self.detector, self.class_map = build_pretrained(
+                PRETRAINED_BUILDERS["ssd"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
+            )
+            self.stage_timer.instrument(self.detector.backbone, "backbone")
+            self.stage_timer.instrument(self.detector.head, "head")
+            time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
+            return
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
+        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers)
         features = SSDFeatureMaps(body, return_layers, num_extra_layers, extra_channels)
         if len(aspect_ratios) != len(features.out_channels):
             raise ValueError(
@@ -136,6 +158,8 @@ class SSD(DetectionModule):
         time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        if self.class_map is not None:
+            return run_detector(self.detector, self.class_map, images, targets)
         return self.detector(images, targets)
 
     def set_nms_iou(self, iou: float) -> None:

@@ -16,7 +16,7 @@ from typing import Literal, Sequence
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 BACKBONES = ("small_cnn", "resnet18", "resnet50", "vgg16", "mobilenet_v3")
@@ -76,8 +76,16 @@ class _StagedSequential(nn.Module):
         return out
 
 
+def _torchvision_net(builder: str, weights: str | None) -> nn.Module:
+    """torchvision's classifier ``builder`` with ImageNet ``weights`` read from torch.hub's cache (see
+    :mod:`models.parts.torchvision_weights`: a clear error offline, nothing read when restoring a checkpoint)."""
+    from models.parts.torchvision_weights import load_body_weights  # it imports the freezing helpers below
+
+    return load_body_weights(getattr(torchvision.models, builder)(weights=None), builder, weights)
+
+
 def _resnet(name: str, weights: str | None) -> _StagedSequential:
-    net = getattr(torchvision.models, name)(weights=weights)
+    net = _torchvision_net(name, weights)
     stages = OrderedDict(
         c2=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1),
         c3=net.layer2,
@@ -90,7 +98,7 @@ def _resnet(name: str, weights: str | None) -> _StagedSequential:
 
 
 def _vgg16(weights: str | None) -> _StagedSequential:
-    f = torchvision.models.vgg16(weights=weights).features
+    f = _torchvision_net("vgg16", weights).features
     # Indices of torchvision's VGG16 ``features``: pools at 4, 9, 16, 23, 30. c5 stops before pool5
     # (conv5_3, stride 16), the feature map of Fast and Faster R-CNN.
     stages = OrderedDict(c2=f[:10], c3=f[10:17], c4=f[17:24], c5=f[24:30])
@@ -98,7 +106,7 @@ def _vgg16(weights: str | None) -> _StagedSequential:
 
 
 def _mobilenet_v3(weights: str | None) -> _StagedSequential:
-    features = torchvision.models.mobilenet_v3_large(weights=weights).features
+    features = _torchvision_net("mobilenet_v3_large", weights).features
     # Group blocks by output stride, found with one dummy pass (robust to torchvision's layout).
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     channels, strides = {}, {}
@@ -138,6 +146,84 @@ def build_body(name: str, weights: str | None = None, channels: Sequence[int] | 
     if name == "mobilenet_v3":
         return _mobilenet_v3(weights)
     raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
+
+
+# ------------------------------------------------------------------- reference-style fine-tuning
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` by torchvision's ``FrozenBatchNorm2d`` with the same
+    statistics, affine parameters and eps (the detection references' backbones: batch statistics of a few
+    large images are too noisy to train on)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            if not (child.affine and child.track_running_stats):
+                raise ValueError(f"{name}: only affine batch norm with running statistics can be frozen")
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps).to(child.weight.device)
+            with torch.no_grad():
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key))
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def freeze_resnet_layers(net: nn.Module, trainable_layers: int) -> None:
+    """torchvision's ``trainable_backbone_layers`` on a ResNet (or its IntermediateLayerGetter): only the
+    last ``trainable_layers`` of (conv1, layer1 .. layer4) keep ``requires_grad`` (5: all, bn1 included)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in [0, 5] for a ResNet, got {trainable_layers}")
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    train += ["bn1"] if trainable_layers == 5 else []
+    for name, parameter in net.named_parameters():
+        if not any(name.startswith(layer) for layer in train):
+            parameter.requires_grad_(False)
+
+
+def freeze_vgg_layers(layers: Sequence[nn.Module], trainable_layers: int) -> None:
+    """torchvision's ``trainable_backbone_layers`` on VGG's ``features`` layers (SSD's rule): of the five
+    stages that start at layer 0 and at the first four max-poolings, only the last ``trainable_layers`` train."""
+    starts = [0] + [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)][:4]
+    if not 0 <= trainable_layers <= len(starts):
+        raise ValueError(f"trainable_layers must be in [0, {len(starts)}] for VGG16, got {trainable_layers}")
+    freeze_before = len(layers) if trainable_layers == 0 else starts[len(starts) - trainable_layers]
+    for layer in layers[:freeze_before]:
+        for parameter in layer.parameters():
+            parameter.requires_grad_(False)
+
+
+def configure_body(
+    body: nn.Module, name: str, weights: str | None, frozen_bn: bool | None = None, trainable_layers: int | None = None
+) -> nn.Module:
+    """Frozen batch norm and frozen first stages for a torchvision body, as the detection references
+    fine-tune an ImageNet network; applied to the body of :func:`build_body` in place.
+
+    ``frozen_bn``: ``FrozenBatchNorm2d`` instead of batch norm (ResNets; VGG16 has none). ``trainable_layers``:
+    torchvision's ``trainable_backbone_layers`` (ResNet: of conv1, layer1 .. layer4; VGG16: of its five conv
+    stages). None picks torchvision's choice: with ImageNet weights (not None nor ``shapes``) frozen batch
+    norm and 3 trainable layers for ``resnet18``/``resnet50``/``vgg16``; otherwise (and for every other
+    body, whose batch norm trains as before) nothing is frozen.
+    """
+    tv = name in ("resnet18", "resnet50", "vgg16")
+    imagenet = weights not in (None, "shapes")
+    if frozen_bn is None:
+        frozen_bn = tv and imagenet and name != "vgg16"
+    if trainable_layers is None:
+        trainable_layers = 3 if tv and imagenet else None
+    if frozen_bn:
+        freeze_batchnorm(body)
+    if trainable_layers is None:
+        return body
+    stages = body.stages
+    if name in ("resnet18", "resnet50"):
+        c2 = stages["c2"]  # conv1, bn1, relu, maxpool, layer1
+        named = nn.ModuleDict({"conv1": c2[0], "bn1": c2[1], "layer1": c2[4], "layer2": stages["c3"],
+                               "layer3": stages["c4"], "layer4": stages["c5"]})
+        freeze_resnet_layers(named, trainable_layers)
+    elif name == "vgg16":
+        freeze_vgg_layers([m for stage in stages.values() for m in stage], trainable_layers)
+    else:
+        raise ValueError(f"trainable_layers applies to resnet18, resnet50 and vgg16, not {name}")
+    return body
 
 
 class Backbone(nn.Module):
@@ -195,14 +281,18 @@ def build_backbone(
     fpn_extra: Literal["none", "maxpool", "p6p7"] = "none",
     channels: Sequence[int] | None = None,
     data_root: str | None = None,
+    frozen_bn: bool | None = None,
+    trainable_layers: int | None = None,
 ) -> Backbone:
     """Build a :class:`Backbone` by name (see :data:`BACKBONES`).
 
     ``weights: shapes`` marks the small CNN for the embedded dataset's pretraining
     (:mod:`models.parts.pretrain`); the weights are loaded when training starts (``TaskModule.setup``),
     from ``data_root`` or else the DataModule's root, since the dataset may not exist before then.
+    ``frozen_bn``, ``trainable_layers``: see :func:`configure_body`.
     """
     from models.parts.pretrain import load_pretrained_body  # pretrain imports build_body from here
 
     body = load_pretrained_body(name, weights, data_root, channels, defer=True)
+    configure_body(body, name, weights, frozen_bn, trainable_layers)
     return Backbone(body, return_layers, fpn, fpn_channels, fpn_extra)

@@ -25,6 +25,9 @@ from torchvision.transforms import Normalize
 from models.base import SemanticSegmentationModule
 from models.parts.backbones import conv_bn_relu
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
+from models.parts.torchvision_weights import (
+    PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_segmenter, segmenter_losses,
+)
 from models.parts.upsampling import UpsamplingKind, build_upsampler, pad_to_multiple
 from models.registry import register_model
 
@@ -144,6 +147,10 @@ class FCN(SemanticSegmentationModule):
             (e.g. ``vgg16`` as the paper) with torchvision weights, or ``weights: shapes`` pretrained
             as a classifier on the embedded dataset in ``data_root`` (:mod:`models.parts.pretrain`);
             a body has no pooling indices.
+        weights: besides body weights, ``torchvision`` (or ``COCO_WITH_VOC_LABELS_V1``) loads torchvision's
+            whole ``fcn_resnet50`` (COCO's 20 VOC classes, :mod:`models.parts.torchvision_weights`), the other
+            options unused; ``eval_size``: eval inputs resized to this shorter side and the logits back
+            (its weights' transform: 520); ``aux_loss_weight``: its auxiliary head's loss (0.5).
     """
 
     def __init__(
@@ -156,9 +163,19 @@ class FCN(SemanticSegmentationModule):
         backbone: str | None = None,
         weights: str | None = None,
         data_root: str | None = None,
+        eval_size: int | None = None,
+        aux_loss_weight: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.class_map = None  # set by whole-model torchvision weights
+        self.eval_size, self.aux_loss_weight = eval_size, aux_loss_weight
+        if pretrained_weights(PRETRAINED_BUILDERS["fcn"], weights) is not None:
+            self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
+            self.network, self.class_map = build_pretrained(PRETRAINED_BUILDERS["fcn"], weights, self.class_names)
+            self.stage_timer.instrument(self.network.backbone, "encoder")
+            self.stage_timer.instrument(self.network.classifier, "decoder")
+            return
         if skip_fusion not in _FUSED_STRIDES:
             raise ValueError(f"unknown skip_fusion {skip_fusion!r}; expected one of {list(_FUSED_STRIDES)}")
         if backbone is None:
@@ -173,7 +190,16 @@ class FCN(SemanticSegmentationModule):
         self.stage_timer.instrument(self.encoder, "encoder")
         self.stage_timer.instrument(self.decoder, "decoder")
 
+    def compute_losses(self, batch: Any) -> dict[str, Tensor]:
+        if self.class_map is None:
+            return super().compute_losses(batch)
+        images, masks = batch
+        out = run_segmenter(self.network, self.class_map, self.normalize(images))
+        return segmenter_losses(out, masks, self.class_weights, self.ignore_index, self.aux_loss_weight)
+
     def forward(self, images: Tensor) -> Tensor:
+        if self.class_map is not None:
+            return run_segmenter(self.network, self.class_map, self.normalize(images), self.eval_size)["out"]
         height, width = images.shape[-2:]
         x = pad_to_multiple(self.normalize(images), self.decoder.top_stride)
         features, pool_indices = self.encoder(x)

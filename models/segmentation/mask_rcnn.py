@@ -21,9 +21,10 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 
 from models.base import InstanceSegmentationModule
-from models.parts.backbones import Backbone
+from models.parts.backbones import Backbone, configure_body
 from models.parts.pretrain import load_pretrained_body
 from models.parts.timing import time_method
+from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
 from models.registry import register_model
 
 
@@ -45,6 +46,12 @@ class MaskRCNN(InstanceSegmentationModule):
         box_representation_size: width of the box head's two fully connected layers (the paper: 1024).
         mask_head_channels: the mask head's 3x3 convolutions (the paper: four of 256).
         box_score_thresh, box_nms_thresh, detections_per_img: test-time decoding (0.05, 0.5, 100).
+        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
+            COCO ``maskrcnn_resnet50_fpn`` (:mod:`models.parts.torchvision_weights`): its architecture and settings,
+            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
+        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
+            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
+            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
     """
 
     def __init__(
@@ -70,10 +77,25 @@ class MaskRCNN(InstanceSegmentationModule):
         box_score_thresh: float = 0.05,
         box_nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        frozen_bn: bool | None = None,
+        trainable_backbone_layers: int | None = None,
+        builder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.class_map = None  # set by whole-model torchvision weights
+        if pretrained_weights(PRETRAINED_BUILDERS["mask_rcnn"], weights) is not None:
+            self.detector, self.class_map = build_pretrained(
+                PRETRAINED_BUILDERS["mask_rcnn"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
+            )
+            self.stage_timer.instrument(self.detector.transform, "transform")
+            self.stage_timer.instrument(self.detector.backbone, "backbone")
+            self.stage_timer.instrument(self.detector.rpn, "rpn")
+            self.stage_timer.instrument(self.detector.roi_heads, "roi_heads")
+            time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
+            return
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
+        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers)
         features = Backbone(body, return_layers, fpn=True, fpn_channels=fpn_channels, fpn_extra="maxpool")
         if len(anchor_sizes) != len(features.strides):
             raise ValueError(f"{len(anchor_sizes)} anchor_sizes for {len(features.strides)} FPN levels (return_layers + P6)")
@@ -109,6 +131,8 @@ class MaskRCNN(InstanceSegmentationModule):
         time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        if self.class_map is not None:
+            return run_detector(self.detector, self.class_map, images, targets)
         return self.detector(images, targets)
 
     def set_nms_iou(self, iou: float) -> None:
