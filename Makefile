@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   := data/shapes
 
-.PHONY: install compare test dataset clean
+.PHONY: install compare compare-quick test dataset clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ dataset: $(STAMP)
 # tables in runs/compare/results.md, pictures beside them. A rerun skips finished models (FORCE=--force).
 compare: dataset
 	$(PY) scripts/compare.py --spec experiments/compare/default.yaml --out runs/compare $(FORCE)
+
+# a preview of the same comparison (short fixed schedules, not converged; tables say so): at most 10 minutes
+# on 2 CPU cores. Tables in runs/compare_quick/results.md.
+compare-quick: dataset
+	$(PY) scripts/compare.py --spec experiments/compare/quick.yaml --out runs/compare_quick $(FORCE)
 
 test: $(STAMP)
 	$(PY) -m pytest
