@@ -286,12 +286,9 @@ def run_online(config: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 def is_logged_in() -> bool:
-    try:
-        import wandb
+    from scripts.train import wandb_logged_in  # here: scripts.train imports this module
 
-        return bool(wandb.api.api_key)
-    except Exception:  # no wandb, or a broken configuration: run offline rather than not at all
-        return False
+    return wandb_logged_in()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

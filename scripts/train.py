@@ -15,6 +15,7 @@ version that has one, i.e. the run just trained. Output folders are checked for 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -196,6 +197,25 @@ class CourseCLI(LightningCLI):
         parser.add_argument("--progress_every_n_steps", type=Optional[int], default=None,
                             help="steps between progress lines (default: trainer.log_every_n_steps)")
 
+    def instantiate_classes(self) -> None:
+        """Build the model and data; with a checkpoint to restore (``test``/``validate``/``predict --ckpt_path``,
+        or ``fit`` resuming from an existing file) the network is built without reading or downloading
+        pretrained weights, since the checkpoint holds them. A pretrained file missing offline stops the run
+        with the one line that names it, not jsonargparse's union error around it."""
+        from models.parts.torchvision_weights import WeightsNotFoundError, restoring_checkpoint
+
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        ckpt = config.get("ckpt_path")
+        restoring = bool(ckpt) and (self.subcommand != "fit" or Path(str(ckpt)).is_file())
+        try:
+            with restoring_checkpoint() if restoring else contextlib.nullcontext():
+                super().instantiate_classes()
+        except Exception as exc:
+            line = missing_weights_line(exc)
+            if line is None:
+                raise
+            raise WeightsNotFoundError(line) from None
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         from pytorch_lightning.callbacks.progress import ProgressBar
         from pytorch_lightning.plugins.io import CheckpointIO
@@ -312,6 +332,22 @@ class CourseCLI(LightningCLI):
         self._write_metrics()
 
 
+def missing_weights_line(exc: BaseException) -> Optional[str]:
+    """The one-line :class:`WeightsNotFoundError` message inside ``exc`` (its chain, or the text of a
+    jsonargparse error that wrapped it), or ``None``."""
+    from models.parts.torchvision_weights import WeightsNotFoundError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, WeightsNotFoundError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    for line in str(exc).splitlines():
+        if " not found and the download failed " in line:
+            return line.strip().lstrip("- ")
+    return None
+
+
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -354,4 +390,9 @@ def _cli(args: list[str] | None, run: bool, exit_on_error: bool) -> CourseCLI:
 
 
 if __name__ == "__main__":
-    main()
+    from models.parts.torchvision_weights import WeightsNotFoundError
+
+    try:
+        main()
+    except WeightsNotFoundError as exc:  # offline without a weights file: the one line, no traceback
+        sys.exit(f"error: {exc}")

@@ -129,7 +129,7 @@ class SSD(DetectionModule):
             time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
             return
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
-        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers)
+        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)
         features = SSDFeatureMaps(body, return_layers, num_extra_layers, extra_channels)
         if len(aspect_ratios) != len(features.out_channels):
             raise ValueError(

@@ -192,19 +192,26 @@ def freeze_vgg_layers(layers: Sequence[nn.Module], trainable_layers: int) -> Non
 
 
 def configure_body(
-    body: nn.Module, name: str, weights: str | None, frozen_bn: bool | None = None, trainable_layers: int | None = None
+    body: nn.Module,
+    name: str,
+    weights: str | None,
+    frozen_bn: bool | None = None,
+    trainable_layers: int | None = None,
+    detection_defaults: bool = False,
 ) -> nn.Module:
     """Frozen batch norm and frozen first stages for a torchvision body, as the detection references
     fine-tune an ImageNet network; applied to the body of :func:`build_body` in place.
 
     ``frozen_bn``: ``FrozenBatchNorm2d`` instead of batch norm (ResNets; VGG16 has none). ``trainable_layers``:
     torchvision's ``trainable_backbone_layers`` (ResNet: of conv1, layer1 .. layer4; VGG16: of its five conv
-    stages). None picks torchvision's choice: with ImageNet weights (not None nor ``shapes``) frozen batch
-    norm and 3 trainable layers for ``resnet18``/``resnet50``/``vgg16``; otherwise (and for every other
-    body, whose batch norm trains as before) nothing is frozen.
+    stages). None leaves the body as built (everything trains), except with ``detection_defaults`` (the
+    detectors that torchvision's references train this way: Faster R-CNN, RetinaNet, SSD, FCOS, Mask R-CNN),
+    where None picks torchvision's choice: with ImageNet weights (not None nor ``shapes``) frozen batch norm
+    and 3 trainable layers for ``resnet18``/``resnet50``/``vgg16``. The segmenters' references (FCN,
+    DeepLabv3) train batch norm and every stage, and so do they here.
     """
     tv = name in ("resnet18", "resnet50", "vgg16")
-    imagenet = weights not in (None, "shapes")
+    imagenet = detection_defaults and weights not in (None, "shapes")
     if frozen_bn is None:
         frozen_bn = tv and imagenet and name != "vgg16"
     if trainable_layers is None:
@@ -283,16 +290,17 @@ def build_backbone(
     data_root: str | None = None,
     frozen_bn: bool | None = None,
     trainable_layers: int | None = None,
+    detection_defaults: bool = False,
 ) -> Backbone:
     """Build a :class:`Backbone` by name (see :data:`BACKBONES`).
 
     ``weights: shapes`` marks the small CNN for the embedded dataset's pretraining
     (:mod:`models.parts.pretrain`); the weights are loaded when training starts (``TaskModule.setup``),
     from ``data_root`` or else the DataModule's root, since the dataset may not exist before then.
-    ``frozen_bn``, ``trainable_layers``: see :func:`configure_body`.
+    ``frozen_bn``, ``trainable_layers``, ``detection_defaults``: see :func:`configure_body`.
     """
     from models.parts.pretrain import load_pretrained_body  # pretrain imports build_body from here
 
     body = load_pretrained_body(name, weights, data_root, channels, defer=True)
-    configure_body(body, name, weights, frozen_bn, trainable_layers)
+    configure_body(body, name, weights, frozen_bn, trainable_layers, detection_defaults)
     return Backbone(body, return_layers, fpn, fpn_channels, fpn_extra)

@@ -95,7 +95,7 @@ class MaskRCNN(InstanceSegmentationModule):
             time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
             return
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
-        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers)
+        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)
         features = Backbone(body, return_layers, fpn=True, fpn_channels=fpn_channels, fpn_extra="maxpool")
         if len(anchor_sizes) != len(features.strides):
             raise ValueError(f"{len(anchor_sizes)} anchor_sizes for {len(features.strides)} FPN levels (return_layers + P6)")

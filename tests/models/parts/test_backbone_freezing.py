@@ -19,7 +19,8 @@ def _flags(module: nn.Module) -> list[bool]:
 
 @pytest.mark.parametrize("layers", [0, 1, 2, 3, 4, 5])
 def test_resnet_trainable_layers_match_torchvision(layers):
-    body = configure_body(build_body("resnet50"), "resnet50", "IMAGENET1K_V1", trainable_layers=layers)
+    body = configure_body(build_body("resnet50"), "resnet50", "IMAGENET1K_V1", trainable_layers=layers,
+                          detection_defaults=True)
     reference = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d), layers).body
     assert _flags(body) == _flags(reference)  # same parameter order: conv1, layer1 .. layer4
     assert sum(_flags(body)) == sum(_flags(reference))
@@ -34,17 +35,25 @@ def test_vgg_trainable_layers_match_torchvision(layers):
     assert _flags(body) == [p.requires_grad for m in reference for p in m.parameters()]
 
 
-def test_imagenet_resnet_defaults_to_frozen_bn_and_three_stages():
-    body = configure_body(build_body("resnet18"), "resnet18", "IMAGENET1K_V1")
+def test_imagenet_resnet_defaults_to_frozen_bn_and_three_stages_for_the_detectors():
+    body = configure_body(build_body("resnet18"), "resnet18", "IMAGENET1K_V1", detection_defaults=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in body.modules()) == 20  # every BN of ResNet-18
     assert not any(p.requires_grad for p in body.stages["c2"].parameters())  # conv1, layer1
     assert all(p.requires_grad for name in ("c3", "c4", "c5") for p in body.stages[name].parameters())
 
 
+def test_imagenet_resnet_trains_everything_without_the_detection_defaults():
+    """The segmenters' references (torchvision's FCN / DeepLabv3 recipe, the DeepLab paper) train batch norm."""
+    body = configure_body(build_body("resnet18"), "resnet18", "IMAGENET1K_V1")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
+    assert all(p.requires_grad for p in body.parameters())
+
+
 def test_scratch_and_small_cnn_keep_training_batch_norm():
     for name, weights in (("small_cnn", None), ("small_cnn", "shapes"), ("resnet18", None)):
-        body = configure_body(build_body(name), name, weights)
+        body = configure_body(build_body(name), name, weights, detection_defaults=True)
         assert any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
         assert not any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
         assert all(p.requires_grad for p in body.parameters())

@@ -126,3 +126,36 @@ def test_load_from_checkpoint_reads_no_imagenet_weights(torch_home, tmp_path):
         assert torch.equal(restored.state_dict()[key], value), key
     # the restored network is built as the original: frozen batch norm, the first stages frozen
     assert [p.requires_grad for p in restored.parameters()] == [p.requires_grad for p in model.parameters()]
+
+
+
+def test_the_training_cli_raises_the_one_line_not_a_union_error(torch_home, tmp_path):
+    from scripts.train import main
+
+    with pytest.raises(tw.WeightsNotFoundError) as info:
+        main(args=["--config", "experiments/faster_rcnn/shapes.yaml", "--model.init_args.weights=torchvision",
+                   f"--data.init_args.root={tmp_path / 'shapes'}"], run=False, exit_on_error=False)
+    message = str(info.value)
+    assert "\n" not in message and "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth" in message and "TORCH_HOME" in message
+
+
+def test_test_with_a_checkpoint_reads_no_pretrained_weights(torch_home, tmp_path, tiny_shapes_dataset, tiny_shapes_params):
+    """``train.py test --ckpt_path`` with a config naming ImageNet weights: the checkpoint holds the weights, so
+    nothing is read or downloaded (downloads fail here, and the cache is empty)."""
+    from scripts.train import main
+
+    common = ["--config", "experiments/fcos/shapes.yaml", f"--data.init_args.root={tiny_shapes_dataset}",
+              f"--data.init_args.image_size={tiny_shapes_params['size']}", "--data.init_args.num_workers=0",
+              "--data.init_args.batch_size=4", "--model.init_args.backbone=resnet18", "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
+              "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+              "--trainer.num_sanity_val_steps=0", "--wandb.mode=disabled"]
+    fit = main(["fit", *common, "--model.init_args.weights=null"], exit_on_error=False)
+    ckpt = tmp_path / "fcos.ckpt"
+    fit.trainer.save_checkpoint(ckpt)
+    with pytest.raises(tw.WeightsNotFoundError):  # without a checkpoint the ImageNet file is needed
+        main(["test", *common, "--model.init_args.weights=IMAGENET1K_V1"], exit_on_error=False)
+    torch_home.clear()
+    test = main(["test", *common, "--model.init_args.weights=IMAGENET1K_V1", f"--ckpt_path={ckpt}"], exit_on_error=False)
+    assert not torch_home, f"downloads tried: {torch_home}"
+    assert any(k.startswith("test/") for k in test.trainer.callback_metrics)
