@@ -26,9 +26,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from models.base import DetectionModule
-from models.parts.backbones import Backbone
+from models.parts.backbones import Backbone, configure_body
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
+from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
 from models.registry import register_model
 
 
@@ -66,8 +67,15 @@ class FasterRCNN(DetectionModule):
             one level down (FPN Eq. 1: 224, the ImageNet input size; about 64 suits 128 px images).
         box_batch_size, box_positive_fraction: RoIs sampled per image for the head, up to a quarter
             positives (IoU >= 0.5; Fast R-CNN Sec. 2.3: 128 RoIs from 2 images, 64 each).
-        box_score_thresh, box_nms_thresh, detections_per_img: test-time per-class NMS and output size.
+        box_score_thresh, box_nms_thresh, detections_per_img: test-time per-class NMS and output size
+            (NMS at IoU 0.3 as R-CNN and Fast R-CNN here, the value of the papers' released test code).
         min_size, max_size: torchvision's resize of the shorter/longer side (the paper: 600/1000).
+        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
+            COCO ``fasterrcnn_resnet50_fpn`` (:mod:`models.parts.torchvision_weights`): its architecture and settings,
+            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
+        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
+            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
+            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
     """
 
     def __init__(
@@ -96,14 +104,28 @@ class FasterRCNN(DetectionModule):
         box_batch_size: int = 64,
         box_positive_fraction: float = 0.25,
         box_score_thresh: float = 0.05,
-        box_nms_thresh: float = 0.5,
+        box_nms_thresh: float = 0.3,
         detections_per_img: int = 100,
         min_size: int = 128,
         max_size: int = 128,
+        frozen_bn: bool | None = None,
+        trainable_backbone_layers: int | None = None,
+        builder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.class_map = None  # set by whole-model torchvision weights
+        if pretrained_weights(PRETRAINED_BUILDERS["faster_rcnn"], weights) is not None:
+            self.detector, self.class_map = build_pretrained(
+                PRETRAINED_BUILDERS["faster_rcnn"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
+            )
+            self.stage_timer.instrument(self.detector.backbone, "backbone")
+            self.stage_timer.instrument(self.detector.rpn, "proposals")
+            self.stage_timer.instrument(self.detector.roi_heads, "per_region_head")
+            time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
+            return
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
+        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)
         features = Backbone(body, return_layers, fpn=fpn, fpn_channels=fpn_channels, fpn_extra=fpn_extra)
         anchors = anchor_generator(anchor_sizes, anchor_ratios, num_levels=len(features.strides))
         rpn = RegionProposalNetwork(
@@ -138,6 +160,8 @@ class FasterRCNN(DetectionModule):
         time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        if self.class_map is not None:
+            return run_detector(self.detector, self.class_map, images, targets)
         return self.detector(images, targets)
 
     def set_nms_iou(self, iou: float) -> None:

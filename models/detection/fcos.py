@@ -4,12 +4,18 @@ Anchor-free: every FPN location inside a box (centre sampling, Sec. 3.1) regress
 the box's four sides, with a centre-ness branch that down-weights far-from-centre locations (Sec. 3.3).
 torchvision's FCOS (head, focal/GIoU/centre-ness losses, decoding) composed with our backbones; the
 embedded dataset's baseline detector, because it trains fastest on a CPU.
+
+Two details follow the paper rather than torchvision's defaults: a location (x, y) of a level of stride
+s sits at (floor(s/2) + x s, floor(s/2) + y s) in the image (Sec. 3.1; torchvision's ``AnchorGenerator``
+puts it at (x s, y s)), and the classifier is K sigmoids, one per class, without a background column
+(Sec. 3.1: C binary classifiers); torchvision's FCOS sees labels 0..K-1, shifted in ``forward``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 import torchvision
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -17,7 +23,28 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from models.base import DetectionModule
 from models.parts.backbones import build_backbone
 from models.parts.timing import time_method
+from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
 from models.registry import register_model
+
+
+class FCOSLocations(AnchorGenerator):
+    """One square of side s per location of each level (s: the level's stride), centred on the location's
+    image position (floor(s/2) + x s, floor(s/2) + y s) (FCOS Sec. 3.1).
+
+    torchvision's FCOS reads only the centres (regression targets, centre sampling) and the sides (the
+    level's size range, Sec. 3.2) of these "anchors"; ``AnchorGenerator`` centres them at (x s, y s).
+    """
+
+    def __init__(self, strides: Sequence[int]) -> None:
+        super().__init__(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+
+    def grid_anchors(self, grid_sizes: list[list[int]], strides: list[list[Tensor]]) -> list[Tensor]:
+        anchors = super().grid_anchors(grid_sizes, strides)
+        shifted = []
+        for level, (stride_h, stride_w) in zip(anchors, strides):
+            half = torch.stack((stride_w // 2, stride_h // 2)).to(level)
+            shifted.append(level + half.repeat(2))
+        return shifted
 
 
 @register_model("fcos", family="anchor_free")
@@ -30,6 +57,12 @@ class FCOS(DetectionModule):
             images as they are; the paper uses 800/1333).
         score_thresh, nms_thresh, detections_per_img: test-time decoding (Sec. 4: 0.05, 0.6, 100).
         center_sampling_radius: positives within this many strides of a box centre.
+        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
+            COCO ``fcos_resnet50_fpn`` (:mod:`models.parts.torchvision_weights`): its architecture and settings,
+            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
+        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
+            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
+            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
     """
 
     def __init__(
@@ -45,16 +78,30 @@ class FCOS(DetectionModule):
         nms_thresh: float = 0.6,
         detections_per_img: int = 100,
         center_sampling_radius: float = 1.5,
+        frozen_bn: bool | None = None,
+        trainable_backbone_layers: int | None = None,
+        builder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        features = build_backbone(backbone, weights, return_layers, fpn=True, fpn_channels=fpn_channels, fpn_extra=fpn_extra)
+        self.class_map = None  # set by whole-model torchvision weights
+        if pretrained_weights(PRETRAINED_BUILDERS["fcos"], weights) is not None:
+            self.detector, self.class_map = build_pretrained(
+                PRETRAINED_BUILDERS["fcos"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
+            )
+            self.stage_timer.instrument(self.detector.backbone, "backbone")
+            self.stage_timer.instrument(self.detector.head, "head")
+            time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
+            return
+        features = build_backbone(backbone, weights, return_layers, fpn=True, fpn_channels=fpn_channels,
+                                  fpn_extra=fpn_extra, frozen_bn=frozen_bn,
+                                  trainable_layers=trainable_backbone_layers, detection_defaults=True)
         # One "anchor" per location whose size is the level's stride: FCOS uses it only to assign
         # each box to a level by its size (Sec. 3.2).
-        anchors = AnchorGenerator(tuple((s,) for s in features.strides), ((1.0,),) * len(features.strides))
+        anchors = FCOSLocations(features.strides)
         self.detector = torchvision.models.detection.FCOS(
             features,
-            num_classes=self.num_classes + 1,  # torchvision indexes classes by label; 0 stays unused
+            num_classes=self.num_classes,  # K sigmoids: torchvision sees labels 0..K-1 (shifted in forward)
             min_size=min_size,
             max_size=max_size,
             anchor_generator=anchors,
@@ -68,7 +115,14 @@ class FCOS(DetectionModule):
         time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
-        return self.detector(images, targets)
+        if self.class_map is not None:
+            return run_detector(self.detector, self.class_map, images, targets)
+        if targets is not None:
+            targets = [{**t, "labels": t["labels"] - 1} for t in targets]
+        output = self.detector(images, targets)
+        if self.training:
+            return output
+        return [{**d, "labels": d["labels"] + 1} for d in output]
 
     def set_nms_iou(self, iou: float) -> None:
         self.detector.nms_thresh = iou

@@ -23,13 +23,15 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from models.base import DetectionModule
 from models.parts.anchors import retinanet_anchor_generator
-from models.parts.backbones import Backbone
+from models.parts.backbones import Backbone, configure_body
 from models.parts.losses import focal_loss
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
+from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
 from models.registry import register_model
 
 
@@ -71,6 +73,17 @@ class ClassificationSubnet(RetinaNetClassificationHead):
         return torch.stack(losses).mean()
 
 
+def p6p7_block(c5_channels: int, channels: int, p6_from: Literal["c5", "p5"] = "c5") -> LastLevelP6P7:
+    """P6 and P7 (Sec. 4, "RetinaNet Detector"): P6 a 3x3 stride-2 conv on C5 (``p6_from: c5``, the
+    paper's choice, torchvision's RetinaNet v2) or on P5 (``p5``, the FCOS paper's and torchvision's v1),
+    P7 a ReLU and a 3x3 stride-2 conv on P6. C5 is the body's map of the last ``return_layers`` entry."""
+    if p6_from not in ("c5", "p5"):
+        raise ValueError(f"p6_from must be 'c5' or 'p5', got {p6_from!r}")
+    block = LastLevelP6P7(c5_channels if p6_from == "c5" else channels, channels)
+    block.use_P5 = p6_from == "p5"  # torchvision infers it from equal channel counts
+    return block
+
+
 @register_model("retinanet", family="one_stage_anchor")
 class RetinaNet(DetectionModule):
     """RetinaNet over ``return_layers`` of ``backbone``, with or without an FPN.
@@ -81,6 +94,7 @@ class RetinaNet(DetectionModule):
             :mod:`models.parts.pretrain`; None trains from scratch).
         return_layers, fpn_channels, fpn_extra: see :class:`models.parts.backbones.Backbone` (the paper:
             C3-C5 -> P3-P5, plus P6, P7 with ``fpn_extra: p6p7``).
+        p6_from: with ``fpn_extra: p6p7``, P6 from ``c5`` (the paper) or ``p5``; see :func:`p6p7_block`.
         fpn: false keeps one map (one entry in ``return_layers``) with every anchor size on it.
         anchor_sizes: base anchor side per level in pixels (the paper: 32..512 on P3..P7, i.e. 4 x the
             stride; 2 x the stride here for objects of 6-97 px); each gets 3 octave scales.
@@ -96,6 +110,12 @@ class RetinaNet(DetectionModule):
         min_size, max_size: torchvision's resize of the shorter/longer side (the paper: 800).
         score_thresh, nms_thresh, detections_per_img, topk_candidates: decoding (Sec. 4: 0.05, 0.5,
             100 per image, top 1000 per level).
+        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
+            COCO ``retinanet_resnet50_fpn`` (:mod:`models.parts.torchvision_weights`): its architecture and settings,
+            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
+        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
+            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
+            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
     """
 
     def __init__(
@@ -107,6 +127,7 @@ class RetinaNet(DetectionModule):
         fpn: bool = True,
         fpn_channels: int = 64,
         fpn_extra: Literal["none", "maxpool", "p6p7"] = "none",
+        p6_from: Literal["c5", "p5"] = "c5",
         anchor_sizes: Sequence[float] = (16, 32, 64),
         anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         loss: Literal["focal", "ce"] = "focal",
@@ -123,13 +144,29 @@ class RetinaNet(DetectionModule):
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         topk_candidates: int = 1000,
+        frozen_bn: bool | None = None,
+        trainable_backbone_layers: int | None = None,
+        builder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.class_map = None  # set by whole-model torchvision weights
+        if pretrained_weights(PRETRAINED_BUILDERS["retinanet"], weights) is not None:
+            self.detector, self.class_map = build_pretrained(
+                PRETRAINED_BUILDERS["retinanet"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
+            )
+            self.stage_timer.instrument(self.detector.backbone, "backbone")
+            self.stage_timer.instrument(self.detector.head, "head")
+            time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
+            return
         if not fpn and len(return_layers) != 1:
             raise ValueError(f"without an FPN RetinaNet uses one map; got return_layers={list(return_layers)}")
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
+        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)
         features = Backbone(body, return_layers, fpn=fpn, fpn_channels=fpn_channels, fpn_extra=fpn_extra)
+        if fpn_extra == "p6p7":
+            c5_channels = body.stage_channels[list(return_layers)[-1]]
+            features.fpn.extra_blocks = p6p7_block(c5_channels, fpn_channels, p6_from)
         if fpn and len(anchor_sizes) != len(features.strides):
             raise ValueError(
                 f"an FPN with {len(features.strides)} levels needs one anchor size per level, got {list(anchor_sizes)}"
@@ -164,6 +201,8 @@ class RetinaNet(DetectionModule):
         time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        if self.class_map is not None:
+            return run_detector(self.detector, self.class_map, images, targets)
         if targets is not None:
             targets = [{**t, "labels": t["labels"] - 1} for t in targets]
         output = self.detector(images, targets)

@@ -19,18 +19,41 @@ from torchvision.transforms import Normalize
 from models.base import SemanticSegmentationModule
 from models.parts.backbones import Backbone, conv_bn_relu
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
+from models.parts.torchvision_weights import (
+    PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_segmenter, segmenter_losses,
+)
 from models.registry import register_model
 
 
-def dilate_stage(stage: nn.Module, dilation: int) -> None:
-    """Replace the stride of ``stage`` by atrous convolution (Sec. 3.1): every strided convolution
-    gets stride 1, and every k x k convolution (k > 1) dilation ``dilation`` with "same" padding."""
+def dilate_stage(stage: nn.Module, dilation: int, previous_dilation: int = 1) -> None:
+    """Replace the stride of ``stage`` by atrous convolution (DeepLabv3 Sec. 3.1).
+
+    The stage's strided convolution gets stride 1 and keeps the rate its input was computed at,
+    ``previous_dilation``, as does every k x k convolution (k > 1) before it; every k x k convolution
+    after it gets ``dilation`` (= ``previous_dilation`` x the removed stride); 1x1 convolutions only lose
+    their stride. Padding stays "same" (dilation x (k - 1) / 2). This is torchvision's
+    ``replace_stride_with_dilation`` (the first block's conv at the previous dilation, the later ones
+    at the new): with it the dilated network, sampled every ``dilation``-th position, equals the
+    strided one with the same weights, so pretrained weights keep their meaning on the denser grid.
+    """
+    strided_seen = False
     for module in stage.modules():
         if isinstance(module, nn.Conv2d):
+            stride = module.stride[0]
+            if stride > 1 and module.kernel_size[0] > 1:
+                if strided_seen:
+                    raise ValueError("dilate_stage: the stage has more than one strided k x k convolution")
+                if dilation != previous_dilation * stride:
+                    raise ValueError(
+                        f"dilate_stage: replacing stride {stride} at rate {previous_dilation} needs dilation "
+                        f"{previous_dilation * stride}, got {dilation}"
+                    )
+            rate = previous_dilation if not strided_seen else dilation
+            strided_seen = strided_seen or (stride > 1 and module.kernel_size[0] > 1)
             module.stride = (1, 1)
             if module.kernel_size[0] > 1:
-                module.dilation = (dilation, dilation)
-                module.padding = tuple(dilation * (k - 1) // 2 for k in module.kernel_size)
+                module.dilation = (rate, rate)
+                module.padding = tuple(rate * (k - 1) // 2 for k in module.kernel_size)
         elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
             raise ValueError("dilate_stage: the stage has a pooling layer; only strided convolutions can be dilated")
 
@@ -48,10 +71,15 @@ class DeepLabV3(SemanticSegmentationModule):
         backbone, weights: see :func:`models.parts.backbones.build_backbone` (``c5`` at stride 32:
             ``small_cnn``, ``resnet18``, ``resnet50``); ``weights: shapes`` pretrains the body as a
             classifier on the embedded dataset in ``data_root`` (:mod:`models.parts.pretrain`).
-        output_stride: 16 dilates ``c5`` (rate 2); 8 dilates ``c4`` (rate 2) and ``c5`` (rate 4).
+        output_stride: 16 dilates ``c5`` (rate 2); 8 dilates ``c4`` (rate 2) and ``c5`` (rate 4), each
+            stage's formerly strided conv at the rate before it (1, resp. 2; see :func:`dilate_stage`).
         atrous_rates: ASPP's rates (the paper: 6, 12, 18 at output stride 16 on 513 px crops,
             doubled at 8; scaled down here for 128 px images).
         aspp_channels: width of ASPP and the head (the paper: 256).
+        weights: besides body weights, ``torchvision`` (or ``COCO_WITH_VOC_LABELS_V1``) loads torchvision's
+            whole ``deeplabv3_resnet50`` (COCO's 20 VOC classes, :mod:`models.parts.torchvision_weights`), the other
+            options unused; ``eval_size``: eval inputs resized to this shorter side and the logits back
+            (its weights' transform: 520); ``aux_loss_weight``: its auxiliary head's loss (0.5).
     """
 
     def __init__(
@@ -62,9 +90,19 @@ class DeepLabV3(SemanticSegmentationModule):
         output_stride: Literal[8, 16] = 8,
         atrous_rates: Sequence[int] = (3, 6, 9),
         aspp_channels: int = 64,
+        eval_size: int | None = None,
+        aux_loss_weight: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.class_map = None  # set by whole-model torchvision weights
+        self.eval_size, self.aux_loss_weight = eval_size, aux_loss_weight
+        if pretrained_weights(PRETRAINED_BUILDERS["deeplabv3"], weights) is not None:
+            self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
+            self.network, self.class_map = build_pretrained(PRETRAINED_BUILDERS["deeplabv3"], weights, self.class_names)
+            self.stage_timer.instrument(self.network.backbone, "backbone")
+            self.stage_timer.instrument(self.network.classifier, "aspp_head")
+            return
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
@@ -73,15 +111,25 @@ class DeepLabV3(SemanticSegmentationModule):
             raise ValueError(f"deeplabv3 needs a backbone whose c5 has stride 32; {backbone}'s has {self.backbone.strides[-1]}")
         stages = self.backbone.body.stages
         stages = stages if isinstance(stages, nn.ModuleDict) else {f"c{i + 1}": stage for i, stage in enumerate(stages)}
-        dilate_stage(stages["c5"], 2 if output_stride == 16 else 4)
         if output_stride == 8:
             dilate_stage(stages["c4"], 2)
+        previous = 1 if output_stride == 16 else 2
+        dilate_stage(stages["c5"], 2 * previous, previous_dilation=previous)
         self.output_stride = output_stride
         self.head = deeplab_head(self.backbone.out_channels, self.num_classes + 1, atrous_rates, aspp_channels)
         self.stage_timer.instrument(self.backbone, "backbone")
         self.stage_timer.instrument(self.head, "aspp_head")
 
+    def compute_losses(self, batch: Any) -> dict[str, Tensor]:
+        if self.class_map is None:
+            return super().compute_losses(batch)
+        images, masks = batch
+        out = run_segmenter(self.network, self.class_map, self.normalize(images))
+        return segmenter_losses(out, masks, self.class_weights, self.ignore_index, self.aux_loss_weight)
+
     def forward(self, images: Tensor) -> Tensor:
+        if self.class_map is not None:
+            return run_segmenter(self.network, self.class_map, self.normalize(images), self.eval_size)["out"]
         features = self.backbone(self.normalize(images))["c5"]
         logits = self.head(features)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -141,3 +141,17 @@ def test_short_fit_lowers_the_loss(train_steps):
     model.train()
     history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
     assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5
+
+
+def test_final_nms_is_the_r_cnn_familys():
+    """R-CNN, Fast R-CNN and Faster R-CNN share one per-class NMS IoU (0.3, their released test code)."""
+    import inspect
+
+    from models.detection.fast_rcnn import FastRCNN
+    from models.detection.rcnn import RCNN
+
+    model = FasterRCNN(num_classes=K)
+    family = {inspect.signature(cls.__init__).parameters["nms_thresh"].default for cls in (RCNN, FastRCNN)}
+    assert family == {model.detector.roi_heads.nms_thresh} == {0.3}
+    model.set_nms_iou(0.6)
+    assert model.detector.roi_heads.nms_thresh == 0.6 and model.detector.rpn.nms_thresh == 0.7

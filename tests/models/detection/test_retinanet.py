@@ -119,3 +119,35 @@ def test_short_fit_lowers_the_loss(train_steps):
     model.train()
     history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
     assert sum(history[-5:]) / 5 < 0.3 * sum(history[:5]) / 5
+
+
+@pytest.mark.parametrize("p6_from", ["c5", "p5"])
+def test_p6_is_a_strided_conv_on_c5_by_default(p6_from):
+    """RetinaNet Sec. 4: P6 = 3x3 stride-2 conv on C5 (not P5), P7 = ReLU + 3x3 stride-2 conv on P6."""
+    torch.manual_seed(0)
+    kwargs = {} if p6_from == "c5" else {"p6_from": "p5"}
+    model = RetinaNet(num_classes=K, fpn_extra="p6p7", anchor_sizes=(16, 32, 64, 128, 256), **kwargs).eval()
+    backbone = model.detector.backbone
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        levels = backbone(images)
+        c5 = backbone.body(images)["c5"]
+        extra = backbone.fpn.extra_blocks
+        source = c5 if p6_from == "c5" else levels["c5"]  # levels["c5"] is P5
+        torch.testing.assert_close(levels["p6"], extra.p6(source))
+        torch.testing.assert_close(levels["p7"], extra.p7(F.relu(extra.p6(source))))
+    assert extra.p6.in_channels == (backbone.body.stage_channels["c5"] if p6_from == "c5" else 64)
+    assert list(levels) == ["c3", "c4", "c5", "p6", "p7"] and backbone.strides == [8, 16, 32, 64, 128]
+    with pytest.raises(ValueError, match="p6_from"):
+        RetinaNet(num_classes=K, fpn_extra="p6p7", anchor_sizes=(16, 32, 64, 128, 256), p6_from="c4")
+
+
+def test_p6_from_c5_also_when_c5_has_the_fpn_width():
+    """torchvision's LastLevelP6P7 switches to P5 when the channel counts are equal; ours stays on C5."""
+    torch.manual_seed(0)
+    model = RetinaNet(num_classes=K, fpn_extra="p6p7", fpn_channels=128, anchor_sizes=(16, 32, 64, 128, 256)).eval()
+    backbone = model.detector.backbone
+    assert backbone.body.stage_channels["c5"] == 128
+    images = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(images)["p6"], backbone.fpn.extra_blocks.p6(backbone.body(images)["c5"]))
