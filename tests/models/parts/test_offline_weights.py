@@ -149,7 +149,7 @@ def test_test_with_a_checkpoint_reads_no_pretrained_weights(torch_home, tmp_path
               "--data.init_args.batch_size=4", "--model.init_args.backbone=resnet18", "--trainer.logger=false",
               "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
               "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
-              "--trainer.num_sanity_val_steps=0", "--wandb.mode=disabled"]
+              "--trainer.num_sanity_val_steps=0", "--wandb.mode=disabled", f"--trainer.default_root_dir={tmp_path}"]
     fit = main(["fit", *common, "--model.init_args.weights=null"], exit_on_error=False)
     ckpt = tmp_path / "fcos.ckpt"
     fit.trainer.save_checkpoint(ckpt)
