@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from comparison.outputs import check_outputs, summarize_error, write_failure_log
 from comparison.report import load_published, write_results
@@ -227,6 +228,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if not entry.group:
                 examples[entry.run] = ex
             line = summary_line(row)
+        except (SIGTERMException, KeyboardInterrupt):  # the comparison was stopped: not a failing model
+            progress.close()
+            raise
         except (Exception, SystemExit) as exc:  # one failing model must not stop the others
             log = write_failure_log(out, entry.run, traceback.format_exc())
             row = {"run": entry.run, "model": entry.run, "family": "", "group": entry.group or "",
