@@ -27,7 +27,8 @@ dataset: $(STAMP)
 	$(PY) scripts/make_dataset.py --out $(DATA)
 
 # every registered model trained (from the shared pretrained backbone) and measured side by side;
-# tables in runs/compare/results.md, pictures beside them. A rerun skips finished models (FORCE=--force).
+# each for its config's fixed schedule; tables in runs/compare/results.md, pictures beside them. Trained models
+# are cached by fingerprint: a rerun re-measures them, retraining only what changed (FORCE=--retrain: all).
 compare: dataset
 	$(PY) scripts/compare.py --spec experiments/compare/default.yaml --out runs/compare $(FORCE)
 
