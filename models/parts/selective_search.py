@@ -12,7 +12,10 @@ Selective Search runs on the CPU (~0.08 s per 128 px image in ``fast`` mode here
 in the papers), so its boxes are cached on disk, keyed by a hash of the image's pixels and the
 algorithm's parameters: every image is segmented once, whichever model, run or epoch asks for it.
 :meth:`SelectiveSearch.precompute` fills the cache for a whole split (with a progress bar) before
-training.
+training. Within a process the boxes are also kept in memory under the same pixel hash, both
+orientations at once (a horizontally flipped image's boxes are the mirrored ones), so after an image's
+first lookup no epoch reads a file or looks up its mirror again; the proposals are the same as the
+disk cache alone gives.
 """
 
 from __future__ import annotations
@@ -68,10 +71,40 @@ def _c_srand() -> Any:
 
 
 def image_to_bgr_uint8(image: Tensor) -> np.ndarray:
-    """3 x H x W RGB (float in [0, 1] or uint8) -> H x W x 3 BGR uint8, OpenCV's layout."""
-    if image.dtype != torch.uint8:
-        image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy()[..., ::-1])
+    """3 x H x W RGB (float in [0, 1] or uint8) -> H x W x 3 BGR uint8, OpenCV's layout.
+
+    In NumPy, not torch: the same float32 clamp, scaling and round-half-to-even (bit-identical bytes, so
+    the same cache keys), without waking torch's intra-op threads for a 50k-element image on every lookup
+    (which, with the training's threads busy, cost milliseconds)."""
+    if image.dtype == torch.uint8:
+        pixels = image.detach().cpu().numpy()
+    else:
+        pixels = image.detach().to("cpu", torch.float32).numpy()
+        pixels = np.rint(np.clip(pixels, 0, 1) * np.float32(255)).astype(np.uint8)
+    return np.ascontiguousarray(pixels.transpose(1, 2, 0)[..., ::-1])
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """The cache key of an H x W x 3 BGR uint8 image: SHA-256 of its shape and bytes."""
+    return hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+
+
+def mirror_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """xyxy boxes of an image -> those of its horizontal flip (exact on the integer boxes)."""
+    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _algorithm_key(mode: str, base_k: int, inc_k: int, sigma: float) -> str:
+    params = {
+        "mode": mode,
+        "base_k": base_k,
+        "inc_k": inc_k,
+        "sigma": sigma,
+        "opencv": cv2.__version__,
+        "version": CACHE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class SelectiveSearch:
@@ -87,9 +120,12 @@ class SelectiveSearch:
             it beside the data: ``<data root>/.cache/selective_search``).
         use_cache: False computes every time and writes nothing.
         num_threads: ``cv2.setNumThreads`` while segmenting (fixed, so runs are reproducible).
+        memory_cache_mb: size of the in-memory copy of the cache (boxes of both orientations of every
+            image looked up, oldest dropped first); 0 reads the disk cache on every call.
 
     Attributes:
         num_computed, num_cache_hits: calls that ran Selective Search / that read the cache (this process).
+        num_memory_hits: the cache hits answered from memory (no file read, no mirror lookup).
     """
 
     def __init__(
@@ -103,6 +139,7 @@ class SelectiveSearch:
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
         num_threads: int = 1,
+        memory_cache_mb: float = 256.0,
     ) -> None:
         require_ximgproc()
         if mode not in ("fast", "quality"):
@@ -116,26 +153,43 @@ class SelectiveSearch:
         self.num_threads = num_threads
         self.num_computed = 0
         self.num_cache_hits = 0
+        self.num_memory_hits = 0
+        self.memory_cache_bytes = int(memory_cache_mb * 2**20)
+        # (algorithm key, pixel digest) -> raw boxes; insertion order = age, for dropping the oldest.
+        self._memory: dict[tuple[str, str], np.ndarray] = {}
+        self._memory_size = 0
 
     # ------------------------------------------------------------------ cache
     def algorithm_key(self) -> str:
         """Digest of what determines the raw boxes: mode, segmentation parameters, OpenCV version.
         (``max_proposals`` and ``min_size`` filter the cached boxes, so changing them reuses the cache.)"""
-        params = {
-            "mode": self.mode,
-            "base_k": self.base_k,
-            "inc_k": self.inc_k,
-            "sigma": self.sigma,
-            "opencv": cv2.__version__,
-            "version": CACHE_VERSION,
-        }
-        return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+        return _algorithm_key(self.mode, self.base_k, self.inc_k, self.sigma)
 
     def cache_path(self, image: Tensor | np.ndarray) -> Path:
         """``<cache_dir>/<algorithm key>/<2 hex>/<hash of the pixels>.npy``."""
         pixels = image if isinstance(image, np.ndarray) else image_to_bgr_uint8(image)
-        digest = hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+        return self._path(pixel_digest(pixels))
+
+    def _path(self, digest: str) -> Path:
         return self.cache_dir / self.algorithm_key() / digest[:2] / f"{digest}.npy"
+
+    def remember(self, digest: str, boxes: np.ndarray) -> None:
+        """Keep ``boxes`` in memory as the raw boxes of the image whose :func:`pixel_digest` is ``digest``."""
+        if self.memory_cache_bytes <= 0:
+            return
+        key = (self.algorithm_key(), digest)
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._memory_size -= old.nbytes
+        self._memory[key] = boxes
+        self._memory_size += boxes.nbytes
+        while self._memory_size > self.memory_cache_bytes and self._memory:
+            self._memory_size -= self._memory.pop(next(iter(self._memory))).nbytes
+
+    def clear_memory(self) -> None:
+        """Forget the in-memory copy (the disk cache stays)."""
+        self._memory.clear()
+        self._memory_size = 0
 
     # ------------------------------------------------------------ proposals
     def compute(self, image: Tensor | np.ndarray) -> np.ndarray:
@@ -157,27 +211,54 @@ class SelectiveSearch:
         return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
     def raw_boxes(self, image: Tensor, use_cache: bool = True) -> np.ndarray:
-        """The unfiltered boxes of ``image``: read from the cache, or computed and written to it."""
+        """The unfiltered boxes of ``image``: from memory, read from the disk cache, or computed and written
+        to it. (The array may be shared with the cache: do not modify it.)"""
         pixels = image_to_bgr_uint8(image)
         if not (self.use_cache and use_cache):
             return self.compute(pixels)
-        path = self.cache_path(pixels)
-        boxes = _load(path)
+        boxes, _ = self._lookup(pixels)
+        return boxes
+
+    def _lookup(self, pixels: np.ndarray) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+        """The raw boxes of ``pixels`` and the entries it put in memory: ``[(digest, boxes)]`` for the image
+        and its mirror, empty when it was in memory already."""
+        digest = pixel_digest(pixels)
+        boxes = self._memory.get((self.algorithm_key(), digest))
+        if boxes is not None:
+            self.num_cache_hits += 1
+            self.num_memory_hits += 1
+            return boxes, []
+        mirror = np.ascontiguousarray(pixels[:, ::-1])
+        mirror_digest = pixel_digest(mirror)
+        boxes = self._from_disk(digest, mirror_digest, pixels.shape[1])
+        if boxes is not None:
+            self.num_cache_hits += 1
+        else:
+            boxes = self.compute(pixels)
+            path = self._path(digest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+            np.save(tmp, boxes)
+            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        # The mirror resolves as its own lookup would (its own entry if it has one, else these boxes
+        # mirrored), so that the flipped image never needs a lookup of its own.
+        if mirror_digest == digest:
+            entries = [(digest, boxes)]
+        else:
+            mirrored = _load(self._path(mirror_digest))
+            entries = [(digest, boxes), (mirror_digest, mirrored if mirrored is not None else mirror_boxes(boxes, pixels.shape[1]))]
+        for key, value in entries:
+            self.remember(key, value)
+        return boxes, entries
+
+    def _from_disk(self, digest: str, mirror_digest: str, width: int) -> np.ndarray | None:
+        boxes = _load(self._path(digest))
         if boxes is None:
             # A horizontally flipped image gets the flipped boxes of the original, as Fast R-CNN's
             # training flips the proposals with the image (so flip augmentation costs no segmentation).
-            mirrored = _load(self.cache_path(np.ascontiguousarray(pixels[:, ::-1])))
+            mirrored = _load(self._path(mirror_digest))
             if mirrored is not None:
-                width = pixels.shape[1]
-                boxes = np.stack([width - mirrored[:, 2], mirrored[:, 1], width - mirrored[:, 0], mirrored[:, 3]], axis=1)
-        if boxes is not None:
-            self.num_cache_hits += 1
-            return boxes
-        boxes = self.compute(pixels)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, boxes)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+                boxes = mirror_boxes(mirrored, width)
         return boxes
 
     def __call__(self, image: Tensor, use_cache: bool = True) -> Tensor:
@@ -195,16 +276,23 @@ class SelectiveSearch:
         images segmented (those not cached yet)."""
         if not self.use_cache:
             return 0
-        loader = DataLoader(_CacheFiller(images, self), batch_size=None, num_workers=workers)
+        loader = DataLoader(_CacheFiller(images, self), batch_size=None, num_workers=workers, collate_fn=_as_is)
         computed = 0
         start = time.perf_counter()
         with tqdm(loader, desc=desc, total=len(images), unit="img", leave=False) as bar:
-            for was_computed in bar:
+            for was_computed, entries in bar:
                 computed += int(was_computed)
+                for digest, boxes in entries:  # from a worker process: into this one's memory
+                    self.remember(digest, boxes)
         if computed:
             seconds = time.perf_counter() - start
             rank_zero_info(f"{desc}: {computed} images segmented in {seconds:.1f} s ({seconds / computed:.3f} s/img) -> {self.cache_dir}")
         return computed
+
+
+def _as_is(item: Any) -> Any:
+    """The DataLoader's conversion for :class:`_CacheFiller` items: none (the boxes stay NumPy arrays)."""
+    return item
 
 
 def _load(path: Path) -> np.ndarray | None:
@@ -216,7 +304,8 @@ def _load(path: Path) -> np.ndarray | None:
 
 
 class _CacheFiller(Dataset):
-    """Item i: make sure image i's boxes are cached (in a DataLoader worker); True if it computed them."""
+    """Item i: make sure image i's boxes are cached (in a DataLoader worker): whether it computed them, and
+    the memory entries it made (sent back to the main process)."""
 
     def __init__(self, images: Any, search: SelectiveSearch) -> None:
         self.images, self.search = images, search
@@ -224,12 +313,12 @@ class _CacheFiller(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> bool:
+    def __getitem__(self, index: int) -> tuple[bool, list[tuple[str, np.ndarray]]]:
         item = self.images[index]
         image = item[0] if isinstance(item, (tuple, list)) else item
         before = self.search.num_computed
-        self.search.raw_boxes(image)
-        return self.search.num_computed > before
+        _, entries = self.search._lookup(image_to_bgr_uint8(image))
+        return self.search.num_computed > before, entries
 
 
 def cache_dir_beside(data_root: str | Path | None) -> Path | None:

@@ -238,3 +238,21 @@ def test_wandb_gets_one_run_per_model_and_the_tables(compared, monkeypatch):
     assert list((summary_folder / "files" / "media" / "images").glob("speed_accuracy_*.png"))
     fcos = next(r for r in runs.values() if r["config"].get("model") == "fcos")
     assert "voc07/mAP" in fcos["summary"]
+
+
+def test_training_runs_no_validation_and_no_checkpoint_callback(tiny_shapes_dataset, tiny_shapes_params):
+    """The comparison measures the final model itself: validating during training would be wasted work, and
+    the config's ModelCheckpoint (monitoring a validation metric) is dropped, not left to fail."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from comparison.spec import Entry
+    from comparison.training import build
+
+    config = REPO / "experiments/yolo_v1/shapes.yaml"
+    assert "monitor: val/" in config.read_text()
+    entry = Entry(run="yolo_v1", config=config, max_steps=2, overrides={
+        "data.init_args.root": str(tiny_shapes_dataset), "data.init_args.image_size": tiny_shapes_params["size"],
+        "data.init_args.num_workers": 0, "model.init_args.weights": None})
+    trainer = build(entry, {}, 0, "cpu").trainer
+    assert trainer.limit_val_batches == 0 and trainer.num_sanity_val_steps == 0
+    assert not any(isinstance(cb, ModelCheckpoint) for cb in trainer.callbacks)

@@ -130,3 +130,103 @@ def test_missing_contrib_modules_give_the_fix(monkeypatch):
 def test_rejects_unknown_mode(tmp_path):
     with pytest.raises(ValueError, match="fast"):
         SelectiveSearch(mode="slow", cache_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------ the in-memory cache
+def legacy_bgr_uint8(image: torch.Tensor) -> np.ndarray:
+    """The conversion before the NumPy one (torch ops): the cache keys must not change."""
+    if image.dtype != torch.uint8:
+        image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy()[..., ::-1])
+
+
+def legacy_raw_boxes(search: SelectiveSearch, image: torch.Tensor) -> np.ndarray:
+    """The disk-only lookup before the in-memory cache (own entry, else the mirror's, else computed)."""
+    pixels = legacy_bgr_uint8(image)
+    path = search.cache_path(pixels)
+    if path.is_file():
+        return np.load(path)
+    mirror = search.cache_path(np.ascontiguousarray(pixels[:, ::-1]))
+    if mirror.is_file():
+        m, width = np.load(mirror), pixels.shape[1]
+        return np.stack([width - m[:, 2], m[:, 1], width - m[:, 0], m[:, 3]], axis=1)
+    boxes = search.compute(pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, boxes)
+    return boxes
+
+
+def test_image_conversion_is_bit_identical_to_the_torch_one():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 40, 56, generator=generator) * 1.4 - 0.2  # values outside [0, 1] too
+    image[0].view(-1)[:256] = (torch.arange(256) + 0.5) / 255  # halves: round half to even in both
+    image[1].view(-1)[:256] = torch.arange(256) / 255
+    for tensor in (image, image.double(), image.half(), (image.clamp(0, 1) * 255).to(torch.uint8), shapes_image()):
+        assert np.array_equal(image_to_bgr_uint8(tensor), legacy_bgr_uint8(tensor)), tensor.dtype
+
+
+def test_proposals_are_those_of_the_disk_cache_alone(tmp_path):
+    """Plain and flipped images, in either order, with and without each other's entry on disk: the same
+    boxes, in the same order, as the disk-only lookup gives."""
+    reference = SelectiveSearch(cache_dir=tmp_path / "reference", memory_cache_mb=0)
+    a, b = shapes_image(1, 80)[:, :, :72], shapes_image(2, 64)
+    both = shapes_image(3, 64)
+    # both orientations of `both` segmented separately (own entries on disk, not mirrors of each other)
+    for directory in ("reference", "new"):
+        SelectiveSearch(cache_dir=tmp_path / directory).raw_boxes(both, use_cache=False)
+        for img in (both, both.flip(-1)):
+            search = SelectiveSearch(cache_dir=tmp_path / directory)
+            path = search.cache_path(img)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, search.compute(img))
+    new = SelectiveSearch(cache_dir=tmp_path / "new")
+    sequence = [a, a.flip(-1), b.flip(-1), b, both, both.flip(-1)] * 2
+    for image in sequence:
+        expected = torch.from_numpy(legacy_raw_boxes(reference, image))
+        expected = expected[((expected[:, 2:] - expected[:, :2]) >= new.min_size).all(dim=1)][: new.max_proposals]
+        assert torch.equal(new(image), expected)
+    assert new.num_computed == 2  # a and b's flip: the other orientation is the mirror
+    assert new.num_memory_hits == len(sequence) - 3  # after the first of a, b's flip and `both`, all from memory
+    fresh = SelectiveSearch(cache_dir=tmp_path / "new")  # a new process finds the same on disk
+    for image in sequence[:6]:
+        assert torch.equal(fresh(image), new(image))
+
+
+def test_second_lookup_reads_no_file(search, monkeypatch):
+    image = shapes_image(size=80)[:, :, :72]
+    plain = search(image)
+    flipped_reference = torch.stack([72 - plain[:, 2], plain[:, 1], 72 - plain[:, 0], plain[:, 3]], dim=1)
+
+    def no_disk(*args, **kwargs):
+        pytest.fail("read the disk cache for an image already looked up")
+
+    monkeypatch.setattr(selective_search, "_load", no_disk)
+    monkeypatch.setattr(selective_search.np, "load", no_disk)
+    monkeypatch.setattr(search, "compute", no_disk)
+    assert torch.equal(search(image), plain)
+    assert torch.equal(search(image.flip(-1)), flipped_reference)  # the mirror of the first lookup, no lookup
+    assert search.num_memory_hits == 2 and search.num_cache_hits == 2
+
+
+def test_precompute_in_workers_fills_this_process_memory(search, monkeypatch):
+    images = [shapes_image(i) for i in range(3)]
+    assert search.precompute([(image, {}) for image in images], workers=1) == 3
+    monkeypatch.setattr(selective_search, "_load", lambda *_: pytest.fail("read a file after precompute"))
+    for image in images:
+        for img in (image, image.flip(-1)):
+            boxes = search.raw_boxes(img)
+            assert isinstance(boxes, np.ndarray) and boxes.dtype == np.float32
+    assert search.num_memory_hits == 6
+
+
+def test_memory_budget_drops_the_oldest(tmp_path, monkeypatch):
+    images = [shapes_image(i) for i in range(4)]
+    reference = [SelectiveSearch(cache_dir=tmp_path, memory_cache_mb=0)(image) for image in images]
+    one_entry = SelectiveSearch(cache_dir=tmp_path, memory_cache_mb=max(len(b) for b in reference) * 16 / 2**20)
+    for _ in range(2):
+        for image, expected in zip(images, reference):
+            assert torch.equal(one_entry(image), expected)
+    assert len(one_entry._memory) == 1 and one_entry._memory_size <= one_entry.memory_cache_bytes
+    no_memory = SelectiveSearch(cache_dir=tmp_path, memory_cache_mb=0)
+    no_memory(images[0]), no_memory(images[0])
+    assert no_memory.num_memory_hits == 0 and no_memory.num_cache_hits == 2 and not no_memory._memory
