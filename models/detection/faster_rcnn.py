@@ -29,7 +29,7 @@ from models.base import DetectionModule
 from models.parts.backbones import Backbone, configure_body
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
-from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
+from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector
 from models.registry import register_model
 
 
@@ -114,15 +114,7 @@ class FasterRCNN(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.class_map = None  # set by whole-model torchvision weights
-        if pretrained_weights(PRETRAINED_BUILDERS["faster_rcnn"], weights) is not None:
-            self.detector, self.class_map = build_pretrained(
-                PRETRAINED_BUILDERS["faster_rcnn"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
-            )
-            self.stage_timer.instrument(self.detector.backbone, "backbone")
-            self.stage_timer.instrument(self.detector.rpn, "proposals")
-            self.stage_timer.instrument(self.detector.roi_heads, "per_region_head")
-            time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
+        if adopt_pretrained_detector(self, "faster_rcnn", weights, trainable_backbone_layers, builder_kwargs):
             return
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
         configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)

@@ -23,7 +23,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from models.base import DetectionModule
 from models.parts.backbones import build_backbone
 from models.parts.timing import time_method
-from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
+from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector
 from models.registry import register_model
 
 
@@ -84,14 +84,7 @@ class FCOS(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.class_map = None  # set by whole-model torchvision weights
-        if pretrained_weights(PRETRAINED_BUILDERS["fcos"], weights) is not None:
-            self.detector, self.class_map = build_pretrained(
-                PRETRAINED_BUILDERS["fcos"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
-            )
-            self.stage_timer.instrument(self.detector.backbone, "backbone")
-            self.stage_timer.instrument(self.detector.head, "head")
-            time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
+        if adopt_pretrained_detector(self, "fcos", weights, trainable_backbone_layers, builder_kwargs):
             return
         features = build_backbone(backbone, weights, return_layers, fpn=True, fpn_channels=fpn_channels,
                                   fpn_extra=fpn_extra, frozen_bn=frozen_bn,

@@ -31,7 +31,7 @@ from models.parts.backbones import Backbone, configure_body
 from models.parts.losses import focal_loss
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
-from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
+from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector
 from models.registry import register_model
 
 
@@ -150,14 +150,7 @@ class RetinaNet(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.class_map = None  # set by whole-model torchvision weights
-        if pretrained_weights(PRETRAINED_BUILDERS["retinanet"], weights) is not None:
-            self.detector, self.class_map = build_pretrained(
-                PRETRAINED_BUILDERS["retinanet"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
-            )
-            self.stage_timer.instrument(self.detector.backbone, "backbone")
-            self.stage_timer.instrument(self.detector.head, "head")
-            time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
+        if adopt_pretrained_detector(self, "retinanet", weights, trainable_backbone_layers, builder_kwargs):
             return
         if not fpn and len(return_layers) != 1:
             raise ValueError(f"without an FPN RetinaNet uses one map; got return_layers={list(return_layers)}")

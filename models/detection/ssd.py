@@ -24,7 +24,7 @@ from models.parts.anchors import default_box_generator
 from models.parts.backbones import configure_body
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
-from models.parts.torchvision_weights import PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_detector
+from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector
 from models.registry import register_model
 
 
@@ -119,14 +119,7 @@ class SSD(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.class_map = None  # set by whole-model torchvision weights
-        if pretrained_weights(PRETRAINED_BUILDERS["ssd"], weights) is not None:
-            self.detector, self.class_map = build_pretrained(
-                PRETRAINED_BUILDERS["ssd"], weights, self.class_names, trainable_backbone_layers, builder_kwargs
-            )
-            self.stage_timer.instrument(self.detector.backbone, "backbone")
-            self.stage_timer.instrument(self.detector.head, "head")
-            time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
+        if adopt_pretrained_detector(self, "ssd", weights, trainable_backbone_layers, builder_kwargs):
             return
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
         configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)

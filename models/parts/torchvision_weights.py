@@ -295,3 +295,54 @@ def build_pretrained(
         _replace_classifier(model, builder, len(class_names) + 1)
         return model, ClassMap(None, len(class_names) + 1)
     return model, ClassMap(index, len(categories))
+
+
+#: the stages a pretrained torchvision detector is timed by, named as in the model's own build: modules
+#: (attribute, stage) and the method that decodes (owner attribute or "" for the detector, method, stage)
+_DETECTOR_STAGES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, str, str]]] = {
+    "faster_rcnn": ((("backbone", "backbone"), ("rpn", "proposals"), ("roi_heads", "per_region_head")),
+                    ("transform", "postprocess", "postprocess")),
+    "mask_rcnn": ((("transform", "transform"), ("backbone", "backbone"), ("rpn", "rpn"), ("roi_heads", "roi_heads")),
+                  ("transform", "postprocess", "postprocess")),
+    "retinanet": ((("backbone", "backbone"), ("head", "head")), ("", "postprocess_detections", "decode_nms")),
+    "fcos": ((("backbone", "backbone"), ("head", "head")), ("", "postprocess_detections", "decode_nms")),
+    "ssd": ((("backbone", "backbone"), ("head", "head")), ("", "postprocess_detections", "decode_nms")),
+}
+
+
+def adopt_pretrained_detector(
+    module: nn.Module,
+    name: str,
+    weights: str | None,
+    trainable_backbone_layers: int | None = None,
+    builder_kwargs: dict[str, Any] | None = None,
+) -> bool:
+    """When ``weights`` names whole-model torchvision weights for the registered detector ``name``: give
+    ``module`` torchvision's network (``module.detector``) and its class map, its stages on the module's
+    stage timer, and return True. Otherwise set ``module.class_map = None`` and return False (the model
+    then builds its own network)."""
+    from models.parts.timing import time_method
+
+    module.class_map = None
+    if pretrained_weights(PRETRAINED_BUILDERS[name], weights) is None:
+        return False
+    module.detector, module.class_map = build_pretrained(
+        PRETRAINED_BUILDERS[name], weights, module.class_names, trainable_backbone_layers, builder_kwargs
+    )
+    stages, (owner, method, stage) = _DETECTOR_STAGES[name]
+    for attribute, stage_name in stages:
+        module.stage_timer.instrument(getattr(module.detector, attribute), stage_name)
+    time_method(module.stage_timer, getattr(module.detector, owner) if owner else module.detector, method, stage)
+    return True
+
+
+def adopt_pretrained_segmenter(module: nn.Module, name: str, weights: str | None, stages: tuple[str, str]) -> bool:
+    """:func:`adopt_pretrained_detector` for FCN / DeepLabv3: ``module.network`` is torchvision's, its
+    backbone and classifier timed as ``stages``."""
+    module.class_map = None
+    if pretrained_weights(PRETRAINED_BUILDERS[name], weights) is None:
+        return False
+    module.network, module.class_map = build_pretrained(PRETRAINED_BUILDERS[name], weights, module.class_names)
+    module.stage_timer.instrument(module.network.backbone, stages[0])
+    module.stage_timer.instrument(module.network.classifier, stages[1])
+    return True

@@ -19,9 +19,7 @@ from torchvision.transforms import Normalize
 from models.base import SemanticSegmentationModule
 from models.parts.backbones import Backbone, conv_bn_relu
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
-from models.parts.torchvision_weights import (
-    PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_segmenter, segmenter_losses,
-)
+from models.parts.torchvision_weights import adopt_pretrained_segmenter, run_segmenter, segmenter_losses
 from models.registry import register_model
 
 
@@ -95,13 +93,9 @@ class DeepLabV3(SemanticSegmentationModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.class_map = None  # set by whole-model torchvision weights
         self.eval_size, self.aux_loss_weight = eval_size, aux_loss_weight
-        if pretrained_weights(PRETRAINED_BUILDERS["deeplabv3"], weights) is not None:
+        if adopt_pretrained_segmenter(self, "deeplabv3", weights, stages=("backbone", "aspp_head")):
             self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
-            self.network, self.class_map = build_pretrained(PRETRAINED_BUILDERS["deeplabv3"], weights, self.class_names)
-            self.stage_timer.instrument(self.network.backbone, "backbone")
-            self.stage_timer.instrument(self.network.classifier, "aspp_head")
             return
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")

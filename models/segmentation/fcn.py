@@ -25,9 +25,7 @@ from torchvision.transforms import Normalize
 from models.base import SemanticSegmentationModule
 from models.parts.backbones import conv_bn_relu
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
-from models.parts.torchvision_weights import (
-    PRETRAINED_BUILDERS, build_pretrained, pretrained_weights, run_segmenter, segmenter_losses,
-)
+from models.parts.torchvision_weights import adopt_pretrained_segmenter, run_segmenter, segmenter_losses
 from models.parts.upsampling import UpsamplingKind, build_upsampler, pad_to_multiple
 from models.registry import register_model
 
@@ -168,13 +166,9 @@ class FCN(SemanticSegmentationModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.class_map = None  # set by whole-model torchvision weights
         self.eval_size, self.aux_loss_weight = eval_size, aux_loss_weight
-        if pretrained_weights(PRETRAINED_BUILDERS["fcn"], weights) is not None:
+        if adopt_pretrained_segmenter(self, "fcn", weights, stages=("encoder", "decoder")):
             self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
-            self.network, self.class_map = build_pretrained(PRETRAINED_BUILDERS["fcn"], weights, self.class_names)
-            self.stage_timer.instrument(self.network.backbone, "encoder")
-            self.stage_timer.instrument(self.network.classifier, "decoder")
             return
         if skip_fusion not in _FUSED_STRIDES:
             raise ValueError(f"unknown skip_fusion {skip_fusion!r}; expected one of {list(_FUSED_STRIDES)}")
