@@ -126,3 +126,29 @@ def test_short_fit_lowers_the_loss(train_steps):
     model.train()
     history = train_steps(lambda: model(images, targets)["loss_classifier"], optimizer, 30)
     assert sum(history[-5:]) / 5 < 0.1 * sum(history[:5]) / 5
+
+
+def test_detection_crops_at_most_crop_batch_windows_at_once(monkeypatch):
+    """Memory is bounded by ``crop_batch``, not by the number of windows (thousands on a COCO image), and the
+    detections do not depend on the batch."""
+    import models.detection.sliding_window as sw
+
+    image = torch.rand(3, 64, 64)
+    model = small_model(score_thresh=0.0, crop_batch=7).eval()
+    sizes = []
+    real = sw.crop_windows
+
+    def spy(img, windows, size):
+        sizes.append(len(windows))
+        return real(img, windows, size)
+
+    monkeypatch.setattr(sw, "crop_windows", spy)
+    with torch.no_grad():
+        chunked = model([image])[0]
+    assert max(sizes) <= 7 and len(sizes) > 1 and sum(sizes) == len(model.windows_for(image))
+    model.crop_batch = 10_000
+    with torch.no_grad():
+        whole = model([image])[0]
+    for key in ("boxes", "labels"):
+        assert torch.equal(chunked[key], whole[key])
+    torch.testing.assert_close(chunked["scores"], whole["scores"])
