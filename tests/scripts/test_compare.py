@@ -130,7 +130,9 @@ def test_training_twice_gives_the_same_weights_and_metrics_and_a_quiet_terminal(
     for chatter in CHATTER:
         assert chatter not in terminal, chatter
     log = (tmp_path / "again" / "logs" / "fcn.log").read_text()
-    for chatter in CHATTER:
+    # what the model's run said is in its log (a warning already shown once in this process is not shown
+    # again, so only the messages that come with every run are required)
+    for chatter in ("GPU available", "Seed set to"):
         assert chatter in log, chatter
 
 
