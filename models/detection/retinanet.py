@@ -31,7 +31,7 @@ from models.parts.backbones import Backbone, configure_body
 from models.parts.losses import focal_loss
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.timing import time_method
-from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector
+from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector, run_foreground_detector
 from models.registry import register_model
 
 
@@ -196,12 +196,7 @@ class RetinaNet(DetectionModule):
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         if self.class_map is not None:
             return run_detector(self.detector, self.class_map, images, targets)
-        if targets is not None:
-            targets = [{**t, "labels": t["labels"] - 1} for t in targets]
-        output = self.detector(images, targets)
-        if self.training:
-            return output
-        return [{**d, "labels": d["labels"] + 1} for d in output]
+        return run_foreground_detector(self.detector, images, targets)
 
     def set_nms_iou(self, iou: float) -> None:
         self.detector.nms_thresh = iou

@@ -182,6 +182,23 @@ def run_detector(detector: nn.Module, classes: ClassMap, images: list[Tensor], t
     return output if detector.training else classes.detections(output)
 
 
+def pretrained_segmenter_losses(module: nn.Module, batch: Any) -> dict[str, Tensor]:
+    """The training losses of a module holding torchvision's FCN / DeepLabv3 (``module.network``, its class
+    map, normalisation, class weights, ignore index and auxiliary-loss weight) on a batch (images, masks)."""
+    images, masks = batch
+    out = run_segmenter(module.network, module.class_map, module.normalize(images))
+    return segmenter_losses(out, masks, module.class_weights, module.ignore_index, module.aux_loss_weight)
+
+
+def run_foreground_detector(detector: nn.Module, images: list[Tensor], targets: Any = None) -> Any:
+    """A torchvision one-stage detector whose classifier has K sigmoid outputs and no background (RetinaNet,
+    FCOS) on our labels 1..K: its labels are 0..K-1."""
+    if targets is not None:
+        targets = [{**t, "labels": t["labels"] - 1} for t in targets]
+    output = detector(images, targets)
+    return output if detector.training else [{**d, "labels": d["labels"] + 1} for d in output]
+
+
 def run_segmenter(
     model: nn.Module, classes: ClassMap, images: Tensor, eval_size: int | None = None
 ) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from torchvision.transforms import Normalize
 from models.base import SemanticSegmentationModule
 from models.parts.backbones import Backbone, conv_bn_relu
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
-from models.parts.torchvision_weights import adopt_pretrained_segmenter, run_segmenter, segmenter_losses
+from models.parts.torchvision_weights import adopt_pretrained_segmenter, pretrained_segmenter_losses, run_segmenter
 from models.registry import register_model
 
 
@@ -117,9 +117,7 @@ class DeepLabV3(SemanticSegmentationModule):
     def compute_losses(self, batch: Any) -> dict[str, Tensor]:
         if self.class_map is None:
             return super().compute_losses(batch)
-        images, masks = batch
-        out = run_segmenter(self.network, self.class_map, self.normalize(images))
-        return segmenter_losses(out, masks, self.class_weights, self.ignore_index, self.aux_loss_weight)
+        return pretrained_segmenter_losses(self, batch)
 
     def forward(self, images: Tensor) -> Tensor:
         if self.class_map is not None:
