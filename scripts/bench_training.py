@@ -186,8 +186,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{args.config}  variants={args.variants}  repeats={args.repeats}  "
           f"{'1 epoch' if epochs else f'{args.steps} timed steps after {args.warmup}'}")
     base_name = chosen[0][0]
-    base_rate = statistics.median(r["steps_per_s"] for r in results[base_name])
-    base_fit = statistics.median(r["fit_s"] for r in results[base_name])
     for name, _, _ in chosen:
         rate = statistics.median(r["steps_per_s"] for r in results[name])
         fit = statistics.median(r["fit_s"] for r in results[name])
