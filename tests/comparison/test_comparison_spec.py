@@ -19,8 +19,14 @@ def _entries(tmp_path, spec):
 
 
 def test_the_spec_wide_schedule_applies_where_an_entry_sets_none(tmp_path):
-    entries = _entries(tmp_path, {"max_steps": 30, "safety_cap_s": 600, "models": [
-        "fcos", {"run": "rcnn", "max_steps": 15}, {"run": "fcn", "epochs": 2, "safety_cap_s": 60}]})
+    entries = _entries(
+        tmp_path,
+        {
+            "max_steps": 30,
+            "safety_cap_s": 600,
+            "models": ["fcos", {"run": "rcnn", "max_steps": 15}, {"run": "fcn", "epochs": 2, "safety_cap_s": 60}],
+        },
+    )
     schedule = {e.run: (e.epochs, e.max_steps, e.safety_cap_s) for e in entries}
     assert schedule == {"fcos": (None, 30, 600.0), "rcnn": (None, 15, 600.0), "fcn": (2, None, 60.0)}
 
@@ -49,12 +55,13 @@ def test_no_shipped_spec_stops_training_on_the_clock(path):
         spec_entries(load_spec(path), path)  # every entry's config exists
 
 
-def test_the_quick_spec_is_a_preview_of_fixed_short_schedules_and_default_uses_the_configs_epochs():
+def test_the_quick_spec_is_a_preview_of_fixed_short_schedules_and_default_trains_whole_epochs():
     quick = load_spec(REPO / "experiments/compare/quick.yaml")
     entries = spec_entries(quick, REPO / "experiments/compare/quick.yaml")
     assert is_preview(quick) and all(e.max_steps and e.max_steps <= 30 for e in entries)
     default = load_spec(REPO / "experiments/compare/default.yaml")
     assert not is_preview(default)
     main = spec_entries(default, REPO / "experiments/compare/default.yaml")
-    assert all(e.epochs is None and e.max_steps is None and e.safety_cap_s is None for e in main)
-    assert {e.run for e in entries} <= {e.run for e in main}
+    # the config's epochs or the spec's own, never a step count or a wall-clock cap
+    assert all(e.max_steps is None and e.safety_cap_s is None and (e.epochs is None or e.epochs > 0) for e in main)
+    assert {e.run for e in entries} == {e.run for e in main}  # the preview runs the same models
