@@ -38,6 +38,8 @@ compare-quick: dataset
 	$(PY) scripts/compare.py --spec experiments/compare/quick.yaml --out runs/compare_quick $(FORCE)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 clean:

@@ -28,8 +28,9 @@ def single(model: Any, image: torch.Tensor) -> Any:
     return [image] if model.task != "semantic" else image.unsqueeze(0)
 
 
-def evaluate(model: Any, loader: Any, device: torch.device,
-             on_batch: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], Any]:
+def evaluate(
+    model: Any, loader: Any, device: torch.device, on_batch: Callable[[int, int], None] | None = None
+) -> tuple[dict[str, float], Any]:
     """Accuracy on ``loader`` through the model's ``validation_step`` into its ``val_metrics``.
 
     Returns (metrics, PR curves of the box metric or None); the metrics are reset afterwards.
@@ -61,16 +62,23 @@ def eval_loader(dm: Any, limit: int | None) -> Any:
         return loader
     from torch.utils.data import DataLoader, Subset
 
-    return DataLoader(Subset(dm.val_dataset, range(int(limit))), batch_size=loader.batch_size,
-                      collate_fn=loader.collate_fn)
+    return DataLoader(
+        Subset(dm.val_dataset, range(int(limit))), batch_size=loader.batch_size, collate_fn=loader.collate_fn
+    )
 
 
 def measure_test_latency(model: Any, images: list[torch.Tensor], warmup: int) -> dict[str, float]:
     """Per-image latency over distinct validation images (batch 1) with the model's stage timer on, after
     ``warmup`` untimed calls: median / p90 ms, FPS and ``latency_ms/<stage>`` (mean ms per image)."""
     model.eval()
-    out = measure_latency(model, [single(model, im) for im in images], warmup=warmup, distinct=True,
-                          batch_size=1, stage_timer=model.stage_timer)
+    out = measure_latency(
+        model,
+        [single(model, im) for im in images],
+        warmup=warmup,
+        distinct=True,
+        batch_size=1,
+        stage_timer=model.stage_timer,
+    )
     row = {"latency_ms_median": out["median_ms"], "latency_ms_p90": out["p90_ms"], "fps": out["fps"]}
     row.update({f"latency_ms/{k.split('/', 1)[1]}": v for k, v in out.items() if k.startswith("stage_ms/")})
     return row

@@ -33,8 +33,9 @@ def write_failure_log(out: Path, run: str, text: str) -> Path | None:
         path.write_text(text)
         return path
     except OSError as exc:
-        print(f"[compare] cannot write {path} ({exc.strerror or exc}); the traceback of {run}:\n{text}",
-              file=sys.stderr)
+        print(
+            f"[compare] cannot write {path} ({exc.strerror or exc}); the traceback of {run}:\n{text}", file=sys.stderr
+        )
         return None
 
 
@@ -44,7 +45,7 @@ def summarize_error(exc: BaseException, limit: int = 300) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines()] or [""]
     if "Errors:" in lines:
         reasons: list[str] = []
-        for ln in lines[lines.index("Errors:") + 1:]:
+        for ln in lines[lines.index("Errors:") + 1 :]:
             if ln.startswith("Given value"):
                 break
             if ln.startswith("- "):

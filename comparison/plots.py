@@ -11,12 +11,22 @@ import torch
 
 from comparison.report import family_title, is_measured
 
-MARKERS = {"sliding_window": "s", "two_stage": "o", "one_stage_anchor": "^", "anchor_free": "D",
-           "semantic_segmentation": "P", "instance_segmentation": "X"}
+MARKERS = {
+    "sliding_window": "s",
+    "two_stage": "o",
+    "one_stage_anchor": "^",
+    "anchor_free": "D",
+    "semantic_segmentation": "P",
+    "instance_segmentation": "X",
+}
 #: (panel title, accuracy key, y label, families); instance segmenters sit with the detectors (box mAP)
 PANELS = (
-    ("Detection", "voc07/mAP", "VOC07 mAP@0.5",
-     ("sliding_window", "two_stage", "one_stage_anchor", "anchor_free", "instance_segmentation")),
+    (
+        "Detection",
+        "voc07/mAP",
+        "VOC07 mAP@0.5",
+        ("sliding_window", "two_stage", "one_stage_anchor", "anchor_free", "instance_segmentation"),
+    ),
     ("Semantic segmentation", "mean_iou", "mIoU", ("semantic_segmentation",)),
 )
 
@@ -70,9 +80,10 @@ def labels_overlap(pos: np.ndarray, sizes: np.ndarray) -> bool:
     """Whether any two label boxes (lower-left corners ``pos``, ``sizes`` w, h) overlap."""
     for i in range(len(pos)):
         for j in range(i + 1, len(pos)):
-            if (abs((pos[i, 0] + sizes[i, 0] / 2) - (pos[j, 0] + sizes[j, 0] / 2)) < (sizes[i, 0] + sizes[j, 0]) / 2
-                    and abs((pos[i, 1] + sizes[i, 1] / 2) - (pos[j, 1] + sizes[j, 1] / 2))
-                    < (sizes[i, 1] + sizes[j, 1]) / 2):
+            if (
+                abs((pos[i, 0] + sizes[i, 0] / 2) - (pos[j, 0] + sizes[j, 0] / 2)) < (sizes[i, 0] + sizes[j, 0]) / 2
+                and abs((pos[i, 1] + sizes[i, 1] / 2) - (pos[j, 1] + sizes[j, 1] / 2)) < (sizes[i, 1] + sizes[j, 1]) / 2
+            ):
                 return True
     return False
 
@@ -95,8 +106,16 @@ def _place_labels(ax: Any, fig: Any, xs: list[float], ys: list[float], names: li
         lx, ly = inverse.transform((px, py))
         px0, py0 = inverse.transform((x, y))
         far = np.hypot(px - x - 6, py - y - 4) > 8
-        artists.append(ax.annotate(name, (px0, py0), xytext=(lx, ly), textcoords="data", fontsize=8,
-                                   arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if far else None))
+        artists.append(
+            ax.annotate(
+                name,
+                (px0, py0),
+                xytext=(lx, ly),
+                textcoords="data",
+                fontsize=8,
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if far else None,
+            )
+        )
     return artists
 
 
@@ -110,8 +129,15 @@ def plot_speed_accuracy(rows: list[dict[str, Any]], path: Path) -> list[str]:
 
     panels = []
     for title, key, ylabel, families in PANELS:
-        pts = [r for r in rows if is_measured(r) and not r.get("group") and r.get("family") in families
-               and isinstance(r.get(key), (int, float)) and isinstance(r.get("latency_ms_median"), (int, float))]
+        pts = [
+            r
+            for r in rows
+            if is_measured(r)
+            and not r.get("group")
+            and r.get("family") in families
+            and isinstance(r.get(key), (int, float))
+            and isinstance(r.get("latency_ms_median"), (int, float))
+        ]
         if pts:
             panels.append((title, key, ylabel, pts))
     if not panels:
@@ -124,8 +150,16 @@ def plot_speed_accuracy(rows: list[dict[str, Any]], path: Path) -> list[str]:
             cut = r.get("status") == "truncated"  # hollow: the safety cap stopped its training
             colour = colours.get(r["family"], "0.4")
             label = family_title(r["family"]) + (" (truncated)" if cut else "")
-            ax.scatter(r["latency_ms_median"], r[key], marker=MARKERS.get(r["family"], "o"), s=60, label=label,
-                       facecolors="none" if cut else colour, edgecolors=colour, linewidths=1.2)
+            ax.scatter(
+                r["latency_ms_median"],
+                r[key],
+                marker=MARKERS.get(r["family"], "o"),
+                s=60,
+                label=label,
+                facecolors="none" if cut else colour,
+                edgecolors=colour,
+                linewidths=1.2,
+            )
         ax.set_xscale("log")
         xs = [r["latency_ms_median"] for r in pts]
         lo, hi = min(xs), max(xs)
@@ -139,8 +173,15 @@ def plot_speed_accuracy(rows: list[dict[str, Any]], path: Path) -> list[str]:
         ax.grid(alpha=0.3, which="both")
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13),
-                  ncol=3, frameon=False)  # below the panel: it never covers a point or a label
+        ax.legend(
+            unique.values(),
+            unique.keys(),
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.13),
+            ncol=3,
+            frameon=False,
+        )  # below the panel: it never covers a point or a label
     fig.suptitle("Speed vs accuracy on the validation set")
     fig.tight_layout()
     for ax, (_, key, _, pts) in zip(axes[0], panels):
@@ -150,8 +191,9 @@ def plot_speed_accuracy(rows: list[dict[str, Any]], path: Path) -> list[str]:
     return [p[0] for p in panels]
 
 
-def plot_examples(examples: dict[str, Any], images: list[torch.Tensor], targets: list[Any], class_names: list[str],
-                  path: Path) -> None:
+def plot_examples(
+    examples: dict[str, Any], images: list[torch.Tensor], targets: list[Any], class_names: list[str], path: Path
+) -> None:
     """A grid: ground truth on the first row, then each model's boxes (score >= 0.3) or masks."""
     import matplotlib
 

@@ -30,8 +30,10 @@ FAMILY_TITLES = {
     "instance_segmentation": "Instance segmentation",
     "pretraining": "Pretraining",
 }
-PREVIEW_NOTE = ("**Preview: short fixed schedules, not converged.** These numbers check that every model trains "
-                "and is measured; they do not rank the models.")
+PREVIEW_NOTE = (
+    "**Preview: short fixed schedules, not converged.** These numbers check that every model trains "
+    "and is measured; they do not rank the models."
+)
 WORK_COLUMNS = [("train_steps", "steps"), ("train_epochs", "epochs"), ("train_s", "train s"), ("trained", "trained")]
 
 
@@ -95,8 +97,11 @@ def _main_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _with_published(rows: list[dict[str, Any]], pub: dict[str, Any], family: str) -> list[dict[str, Any]]:
     """The main-table rows of ``family``, each with its reference figure (the entry's own, else the paper's)."""
-    return [dict(r, published=r.get("published") or pub.get(r["model"], "")) for r in _main_rows(rows)
-            if r.get("family") == family]
+    return [
+        dict(r, published=r.get("published") or pub.get(r["model"], ""))
+        for r in _main_rows(rows)
+        if r.get("family") == family
+    ]
 
 
 def rcnn_family_table(rows: list[dict[str, Any]], published: dict[str, Any]) -> str:
@@ -112,19 +117,28 @@ def rcnn_family_table(rows: list[dict[str, Any]], published: dict[str, Any]) -> 
         total = r["latency_ms_median"] / 1000.0
         proposals = r.get("latency_ms/proposals", 0.0) / 1000.0
         p = pub.get(name, {})
-        out.append({
-            "model": _label(r, "model"),
-            "proposals": r.get("num_proposals", "RPN" if name == "faster_rcnn" else "–"),
-            "s_with": total,
-            "s_without": total - proposals if name != "faster_rcnn" else None,  # the RPN is part of the network
-            "speedup": (base["latency_ms_median"] / r["latency_ms_median"]) if base else None,
-            "pub_with": p.get("test_s_per_image_with_proposals"),
-            "pub_without": p.get("test_s_per_image"),
-        })
+        out.append(
+            {
+                "model": _label(r, "model"),
+                "proposals": r.get("num_proposals", "RPN" if name == "faster_rcnn" else "–"),
+                "s_with": total,
+                "s_without": total - proposals if name != "faster_rcnn" else None,  # the RPN is part of the network
+                "speedup": (base["latency_ms_median"] / r["latency_ms_median"]) if base else None,
+                "pub_with": p.get("test_s_per_image_with_proposals"),
+                "pub_without": p.get("test_s_per_image"),
+            }
+        )
     if not out:
         return "_no R-CNN family model in this run_"
-    cols = ["model", "proposals / image", "s/image (with proposals)", "s/image (without proposals)",
-            "speed-up vs R-CNN", "published s/image with proposals", "published s/image without"]
+    cols = [
+        "model",
+        "proposals / image",
+        "s/image (with proposals)",
+        "s/image (without proposals)",
+        "speed-up vs R-CNN",
+        "published s/image with proposals",
+        "published s/image without",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for o in out:
         cells = [o["model"], str(o["proposals"])]
@@ -132,18 +146,34 @@ def rcnn_family_table(rows: list[dict[str, Any]], published: dict[str, Any]) -> 
         cells += [f"{o['speedup']:.1f}x" if o["speedup"] else "–"]
         cells += [f"{o[k]:g}" if o[k] is not None else "–" for k in ("pub_with", "pub_without")]
         lines.append("| " + " | ".join(cells) + " |")
-    source = published.get("rcnn_family_note",
-                           "Published: VGG16 on an Nvidia K40 (Fast R-CNN Table 4; Faster R-CNN timing table).")
+    source = published.get(
+        "rcnn_family_note", "Published: VGG16 on an Nvidia K40 (Fast R-CNN Table 4; Faster R-CNN timing table)."
+    )
     return "\n".join(lines) + f"\n\n{source}"
 
 
 def detector_tables(rows: list[dict[str, Any]], published: dict[str, Any]) -> str:
     pub = published.get("detectors", {})
-    cols = [("model", "model"), ("params", "params"), ("gflops", "GFLOPs"), ("train_img_per_s", "train img/s"),
-            ("latency_ms_median", "ms/img"), ("latency_ms_p90", "p90 ms"), ("fps", "FPS"),
-            ("lecture/mAP", "course mAP"), ("voc07/mAP", "VOC07 mAP"), ("voc/mAP", "VOC mAP"),
-            ("coco/AP", "AP"), ("coco/AP50", "AP50"), ("coco/AP75", "AP75"), ("coco/APs", "APs"),
-            ("coco/APm", "APm"), ("coco/APl", "APl"), *WORK_COLUMNS, ("published", "published (paper, data)")]
+    cols = [
+        ("model", "model"),
+        ("params", "params"),
+        ("gflops", "GFLOPs"),
+        ("train_img_per_s", "train img/s"),
+        ("latency_ms_median", "ms/img"),
+        ("latency_ms_p90", "p90 ms"),
+        ("fps", "FPS"),
+        ("lecture/mAP", "course mAP"),
+        ("voc07/mAP", "VOC07 mAP"),
+        ("voc/mAP", "VOC mAP"),
+        ("coco/AP", "AP"),
+        ("coco/AP50", "AP50"),
+        ("coco/AP75", "AP75"),
+        ("coco/APs", "APs"),
+        ("coco/APm", "APm"),
+        ("coco/APl", "APl"),
+        *WORK_COLUMNS,
+        ("published", "published (paper, data)"),
+    ]
     parts = []
     for family in detection_families():
         fam = _with_published(rows, pub, family)
@@ -160,13 +190,36 @@ def segmentation_table(rows: list[dict[str, Any]], published: dict[str, Any]) ->
     tail = [*WORK_COLUMNS, ("published", "published (paper, data)")]
     parts = []
     if sem:
-        parts.append(markdown_table(sem, [("run", "model"), *speed, ("pixel_accuracy", "PA"),
-                                          ("mean_pixel_accuracy", "MPA"), ("mean_iou", "mIoU"),
-                                          ("mean_dice", "Dice"), *tail]))
+        parts.append(
+            markdown_table(
+                sem,
+                [
+                    ("run", "model"),
+                    *speed,
+                    ("pixel_accuracy", "PA"),
+                    ("mean_pixel_accuracy", "MPA"),
+                    ("mean_iou", "mIoU"),
+                    ("mean_dice", "Dice"),
+                    *tail,
+                ],
+            )
+        )
     if inst:
-        parts.append(markdown_table(inst, [("run", "model"), *speed, ("coco/AP", "box AP"),
-                                           ("coco/AP50", "box AP50"), ("coco_segm/AP", "mask AP"),
-                                           ("coco_segm/AP50", "mask AP50"), ("coco_segm/AP75", "mask AP75"), *tail]))
+        parts.append(
+            markdown_table(
+                inst,
+                [
+                    ("run", "model"),
+                    *speed,
+                    ("coco/AP", "box AP"),
+                    ("coco/AP50", "box AP50"),
+                    ("coco_segm/AP", "mask AP"),
+                    ("coco_segm/AP50", "mask AP50"),
+                    ("coco_segm/AP75", "mask AP75"),
+                    *tail,
+                ],
+            )
+        )
     return "\n\n".join(parts) or "_no segmenter in this run_"
 
 
@@ -179,16 +232,16 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
     parts = []
     for group, members in groups.items():
         seg = members[0].get("family") == "semantic_segmentation"
-        acc = [("mean_iou", "mIoU")] if seg else [("voc07/mAP", "VOC07 mAP"), ("coco/AP", "AP"),
-                                                   ("coco/AP50", "AP50")]
+        acc = [("mean_iou", "mIoU")] if seg else [("voc07/mAP", "VOC07 mAP"), ("coco/AP", "AP"), ("coco/AP50", "AP50")]
         if any("coco_segm/AP" in m for m in members):
             acc.append(("coco_segm/AP", "mask AP"))
         cols = [("run", "run"), *acc, ("latency_ms_median", "ms/img"), *WORK_COLUMNS]
         parts.append(f"#### {group}\n\n" + markdown_table(members, cols))
     for r in (r for r in rows if any(k.startswith("nms_sweep/") for k in r)):
         cells = [(k, k.split("/")[1]) for k in sorted(k for k in r if k.startswith("nms_sweep/"))]
-        parts.append(f"#### NMS IoU threshold sweep ({r['run']}, VOC07 mAP)\n\n"
-                     + markdown_table([r], [("run", "run"), *cells]))
+        parts.append(
+            f"#### NMS IoU threshold sweep ({r['run']}, VOC07 mAP)\n\n" + markdown_table([r], [("run", "run"), *cells])
+        )
     return "\n\n".join(parts) or "_no ablation in this run_"
 
 
@@ -205,8 +258,9 @@ def truncated_note(rows: list[dict[str, Any]]) -> str:
     return f"**Truncated** (the safety cap stopped training before the schedule's end; not a result): {names}."
 
 
-def render(rows: list[dict[str, Any]], spec: dict[str, Any], published: dict[str, Any], header: str,
-           preview: bool = False) -> str:
+def render(
+    rows: list[dict[str, Any]], spec: dict[str, Any], published: dict[str, Any], header: str, preview: bool = False
+) -> str:
     """The Markdown of ``results.md``: the spec's tables, each headed as a preview for a preview spec."""
     tables = spec.get("tables", ["rcnn_family", "detectors", "segmentation", "ablations"])
     tag = " (preview, not converged)" if preview else ""
@@ -217,16 +271,21 @@ def render(rows: list[dict[str, Any]], spec: dict[str, Any], published: dict[str
     if "rcnn_family" in tables:
         sections.append(f"### R-CNN family: test-time speed{tag}\n\n" + rcnn_family_table(rows, published))
     if "detectors" in tables:
-        sections.append(f"### Detectors: speed and accuracy (validation set){tag}\n\n"
-                        + detector_tables(rows, published))
+        sections.append(
+            f"### Detectors: speed and accuracy (validation set){tag}\n\n" + detector_tables(rows, published)
+        )
     if "segmentation" in tables:
         sections.append(f"### Segmentation{tag}\n\n" + segmentation_table(rows, published))
     if "ablations" in tables:
         sections.append(f"### Ablations{tag}\n\n" + ablation_table(rows))
     pre = [r for r in rows if r.get("family") == "pretraining"]
     if pre:
-        sections.append("### Shared pretraining\n\n" + markdown_table(
-            pre, [("run", "run"), ("train_s", "seconds"), ("accuracy", "crop accuracy"), ("error", "note")]))
+        sections.append(
+            "### Shared pretraining\n\n"
+            + markdown_table(
+                pre, [("run", "run"), ("train_s", "seconds"), ("accuracy", "crop accuracy"), ("error", "note")]
+            )
+        )
     fails = failures_table(rows)
     if fails:
         sections.append("### Failed\n\n" + fails)
@@ -268,8 +327,14 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_results(new_rows: list[dict[str, Any]], out: Path, spec: dict[str, Any], published: dict[str, Any],
-                  header: str, preview: bool = False) -> tuple[list[dict[str, Any]], str]:
+def write_results(
+    new_rows: list[dict[str, Any]],
+    out: Path,
+    spec: dict[str, Any],
+    published: dict[str, Any],
+    header: str,
+    preview: bool = False,
+) -> tuple[list[dict[str, Any]], str]:
     """Merge ``new_rows`` into ``out/results.json`` under the lock (rows another comparison wrote there
     meanwhile stay) and rewrite results.json / .csv / .md; returns (all rows, the Markdown)."""
     with locked(out):

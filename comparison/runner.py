@@ -38,12 +38,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--checkpoints", type=Path, default=None, help="evaluate <DIR>/<run>.ckpt instead of training")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--retrain", "--force", dest="retrain", action="store_true",
-                   help="train every model again instead of loading its cached checkpoint")
-    p.add_argument("--safety-cap-s", type=float, default=None,
-                   help="wall-clock cap on each model's training (off by default); a run it stops is 'truncated'")
-    p.add_argument("--wandb", action="store_true",
-                   help="also log tables and pictures to W&B (offline unless logged in)")
+    p.add_argument(
+        "--retrain",
+        "--force",
+        dest="retrain",
+        action="store_true",
+        help="train every model again instead of loading its cached checkpoint",
+    )
+    p.add_argument(
+        "--safety-cap-s",
+        type=float,
+        default=None,
+        help="wall-clock cap on each model's training (off by default); a run it stops is 'truncated'",
+    )
+    p.add_argument(
+        "--wandb", action="store_true", help="also log tables and pictures to W&B (offline unless logged in)"
+    )
     return p.parse_args(argv)
 
 
@@ -56,8 +66,16 @@ def run_pretraining(spec: dict[str, Any]) -> dict[str, Any] | None:
 
     arch = pre.get("arch", "small_cnn")
     result = pretrain_on_shapes(pre["data_root"], arch=arch)
-    return {"run": f"pretrain_{arch}", "model": arch, "family": "pretraining", "group": "", "status": "ok",
-            "error": "cached" if result.cached else "", "train_s": result.seconds, "accuracy": result.accuracy}
+    return {
+        "run": f"pretrain_{arch}",
+        "model": arch,
+        "family": "pretraining",
+        "group": "",
+        "status": "ok",
+        "error": "cached" if result.cached else "",
+        "train_s": result.seconds,
+        "accuracy": result.accuracy,
+    }
 
 
 def _accuracy_text(row: dict[str, Any]) -> str:
@@ -74,8 +92,9 @@ def summary_line(row: dict[str, Any]) -> str:
     parts = [f"{row['run']}: {row['status']}"]
     if "train_steps" in row:
         how = "loaded from cache: " if row.get("trained") == "loaded from cache" else ""
-        parts.append(f"{how}{row['train_steps']} steps ({row.get('train_epochs', 0):g} epochs, "
-                     f"{row.get('train_s', 0.0):.1f} s)")
+        parts.append(
+            f"{how}{row['train_steps']} steps ({row.get('train_epochs', 0):g} epochs, {row.get('train_s', 0.0):.1f} s)"
+        )
     elif row.get("trained"):
         parts.append(str(row["trained"]))
     acc = _accuracy_text(row)
@@ -86,8 +105,9 @@ def summary_line(row: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def run_entry(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out: Path,
-              progress: Progress) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_entry(
+    entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out: Path, progress: Progress
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build, train (or load) and measure one model; returns its row and its example predictions."""
     from comparison.measure import count_gflops, eval_loader, evaluate, measure_test_latency, predict_examples, single
     from comparison.training import build, load_weights, train_or_load
@@ -102,8 +122,13 @@ def run_entry(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out:
         cli = build(entry, spec, args.seed, args.device)
     model, dm = cli.model, cli.datamodule
     name = getattr(type(model), "registry_name", type(model).__name__)
-    row: dict[str, Any] = {"run": entry.run, "model": name, "family": get_model(name).family,
-                           "group": entry.group or "", "params": sum(p.numel() for p in model.parameters())}
+    row: dict[str, Any] = {
+        "run": entry.run,
+        "model": name,
+        "family": get_model(name).family,
+        "group": entry.group or "",
+        "params": sum(p.numel() for p in model.parameters()),
+    }
     if entry.published:
         row["published"] = entry.published
     if args.checkpoints:
@@ -142,9 +167,14 @@ def run_entry(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out:
         row["num_proposals"] = round(float(model.num_proposals), 1)
     n_show = min(int(spec.get("example_images", 4)), len(val))
     shown = images[:n_show] if n_show <= n_lat else [val[i][0].to(device) for i in range(n_show)]
-    examples = {"predictions": predict_examples(model, shown), "curves": curves, "task": model.task,
-                "images": [im.cpu() for im in shown], "targets": [val[i][1] for i in range(n_show)],
-                "class_names": list(dm.class_names)}
+    examples = {
+        "predictions": predict_examples(model, shown),
+        "curves": curves,
+        "task": model.task,
+        "images": [im.cpu() for im in shown],
+        "targets": [val[i][1] for i in range(n_show)],
+        "class_names": list(dm.class_names),
+    }
     for nms in spec.get("nms_sweep", {}).get(entry.run, []) if not entry.group else []:
         progress.stage(f"evaluate at NMS IoU {nms}")
         model.set_nms_iou(float(nms))
@@ -157,12 +187,17 @@ def run_entry(entry: Entry, spec: dict[str, Any], args: argparse.Namespace, out:
 
 def _header(args: argparse.Namespace, entries: list[Entry], preview: bool) -> str:
     caps = sorted({e.safety_cap_s for e in entries if e.safety_cap_s})
-    cap = f"safety cap {', '.join(f'{c:g}' for c in caps)} s (a run it stops is marked truncated)" if caps else \
-        "no wall-clock cap"
+    cap = (
+        f"safety cap {', '.join(f'{c:g}' for c in caps)} s (a run it stops is marked truncated)"
+        if caps
+        else "no wall-clock cap"
+    )
     kind = "Preview (short fixed schedules, not converged)" if preview else "Comparison"
-    return (f"## {kind} `{args.spec.name}` on {args.device} ({torch.get_num_threads()} threads), seed {args.seed}\n\n"
-            f"Training: a fixed schedule per model (its config's epochs, or the spec's epochs / max_steps for it), "
-            f"{cap}; steps, epochs and seconds are in each table.")
+    return (
+        f"## {kind} `{args.spec.name}` on {args.device} ({torch.get_num_threads()} threads), seed {args.seed}\n\n"
+        f"Training: a fixed schedule per model (its config's epochs, or the spec's epochs / max_steps for it), "
+        f"{cap}; steps, epochs and seconds are in each table."
+    )
 
 
 def draw_pictures(rows: list[dict[str, Any]], examples: dict[str, Any], out: Path) -> None:
@@ -215,8 +250,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if pre_row:
                 record(pre_row)
         except Exception as exc:  # the models can still train from scratch
-            record({"run": "pretrain", "model": "pretrain", "family": "pretraining", "group": "", "status": "failed",
-                    "error": f"{type(exc).__name__}: {exc}"})
+            record(
+                {
+                    "run": "pretrain",
+                    "model": "pretrain",
+                    "family": "pretraining",
+                    "group": "",
+                    "status": "failed",
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
     examples: dict[str, Any] = {}
     for entry in entries:
         progress.start(entry.run)
@@ -233,8 +276,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise
         except (Exception, SystemExit) as exc:  # one failing model must not stop the others
             log = write_failure_log(out, entry.run, traceback.format_exc())
-            row = {"run": entry.run, "model": entry.run, "family": "", "group": entry.group or "",
-                   "status": "failed", "error": summarize_error(exc)}
+            row = {
+                "run": entry.run,
+                "model": entry.run,
+                "family": "",
+                "group": entry.group or "",
+                "status": "failed",
+                "error": summarize_error(exc),
+            }
             line = summary_line(row) + (f" (traceback in {log})" if log else " (traceback above)")
         record(row)
         progress.finish(line)

@@ -36,8 +36,10 @@ class Entry:
 def _check_no_time_stop(where: str, mapping: dict[str, Any]) -> None:
     for key in mapping:
         if key in FORBIDDEN_KEYS or str(key).endswith(".max_time"):
-            raise SystemExit(f"{where}: {key!r}: training stops on its schedule (epochs / max_steps), not on the "
-                             "clock; a wall-clock safety cap is 'safety_cap_s'")
+            raise SystemExit(
+                f"{where}: {key!r}: training stops on its schedule (epochs / max_steps), not on the "
+                "clock; a wall-clock safety cap is 'safety_cap_s'"
+            )
 
 
 def load_spec(path: Path) -> dict[str, Any]:
@@ -89,8 +91,19 @@ def spec_entries(spec: dict[str, Any], spec_path: Path) -> list[Entry]:
         if "epochs" in item or "max_steps" in item:  # the entry's own schedule wins over the spec-wide one
             epochs, steps = (epochs if "epochs" in item else None), (steps if "max_steps" in item else None)
         cap = _positive(item.get("safety_cap_s", spec.get("safety_cap_s")), f"{where}: safety_cap_s", float)
-        entries.append(Entry(run, config, dict(item.get("overrides") or {}), group or None, epochs, steps, cap,
-                             bool(item.get("train", True)), item.get("published")))
+        entries.append(
+            Entry(
+                run,
+                config,
+                dict(item.get("overrides") or {}),
+                group or None,
+                epochs,
+                steps,
+                cap,
+                bool(item.get("train", True)),
+                item.get("published"),
+            )
+        )
     return entries
 
 

@@ -18,8 +18,16 @@ import pytorch_lightning as pl
 from tqdm.auto import tqdm
 
 #: loggers whose records belong in the model's log, not on the terminal
-CHATTY_LOGGERS = ("", "lightning", "lightning.pytorch", "pytorch_lightning", "lightning_fabric", "torch", "models",
-                  "datamodules")
+CHATTY_LOGGERS = (
+    "",
+    "lightning",
+    "lightning.pytorch",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "torch",
+    "models",
+    "datamodules",
+)
 
 
 @contextlib.contextmanager
@@ -57,8 +65,7 @@ class Progress:
     def __init__(self, runs: list[str], file: TextIO | None = None) -> None:
         self.runs = runs
         self.file = file or sys.stderr  # the terminal, taken now: model_log redirects sys.stderr later
-        self.bar = tqdm(total=len(runs), desc="compare", unit="model", file=self.file, disable=None,
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=len(runs), desc="compare", unit="model", file=self.file, disable=None, dynamic_ncols=True)
         self.run = ""
 
     def start(self, run: str) -> None:
@@ -94,7 +101,8 @@ class StepProgress(pl.Callback):
         if self.progress is not None:
             self.progress.stage("train", 0, self.total, "steps")
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.progress is not None:
             self.progress.stage("train", trainer.global_step, self.total, "steps")

@@ -78,8 +78,9 @@ class ThroughputMeter(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.images += len(batch[0])
         now = time.perf_counter()
         self.seconds, self._t = self.seconds + now - self._t, now
@@ -100,8 +101,9 @@ class SafetyCap(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if time.perf_counter() - self._t0 >= self.seconds:
             self.hit = True
             trainer.should_stop = True
@@ -133,8 +135,9 @@ def read_cache(cache_dir: Path, run: str, key: str) -> dict[str, Any] | None:
     return saved["training"]
 
 
-def write_cache(cache_dir: Path, run: str, trainer: pl.Trainer, fingerprint: dict[str, Any],
-                record: dict[str, Any]) -> None:
+def write_cache(
+    cache_dir: Path, run: str, trainer: pl.Trainer, fingerprint: dict[str, Any], record: dict[str, Any]
+) -> None:
     """The checkpoint, then its fingerprint and training record (written last: a half-saved entry is no hit)."""
     ckpt, meta = _cache_files(cache_dir, run)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -158,8 +161,9 @@ def _epochs(trainer: pl.Trainer) -> float:
     return float(trainer.current_epoch)
 
 
-def train_or_load(entry: Entry, cli: Any, cache_dir: Path, seed: int, device: str, retrain: bool,
-                  progress: Any = None) -> Trained:
+def train_or_load(
+    entry: Entry, cli: Any, cache_dir: Path, seed: int, device: str, retrain: bool, progress: Any = None
+) -> Trained:
     """Train ``entry``'s schedule, or load it from ``cache_dir`` when its fingerprint matches (not ``retrain``)."""
     from comparison.terminal import StepProgress
 

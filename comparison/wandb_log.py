@@ -18,9 +18,15 @@ def log_to_wandb(rows: list[dict[str, Any]], out: Path, spec: dict[str, Any], sp
     group = f"compare-{spec_path.stem}"
     project = spec.get("wandb_project", "cv-course")
     for r in rows:
-        run = wandb.init(project=project, group=group, name=r["run"], mode=mode, dir=str(out),
-                         config={k: r[k] for k in ("model", "family", "group", "status") if k in r},
-                         reinit="finish_previous")
+        run = wandb.init(
+            project=project,
+            group=group,
+            name=r["run"],
+            mode=mode,
+            dir=str(out),
+            config={k: r[k] for k in ("model", "family", "group", "status") if k in r},
+            reinit="finish_previous",
+        )
         run.summary.update({k: v for k, v in r.items() if isinstance(v, (int, float))})
         run.finish()
     run = wandb.init(project=project, group=group, name=f"{group}-summary", mode=mode, dir=str(out))

@@ -148,16 +148,22 @@ class AnnotatedDataset(Dataset):
         if self.task == "semantic":
             sem = self.semantic_map(rec)
             if sem.shape != image.shape[:2]:
-                raise DatasetError(f"{rec.mask_path or rec.path}: label map is {sem.shape} but the image is {image.shape[:2]}")
+                raise DatasetError(
+                    f"{rec.mask_path or rec.path}: label map is {sem.shape} but the image is {image.shape[:2]}"
+                )
             if self.transform is not None:
-                image, _, _, _, sem = apply_transform(self.transform, image, np.zeros((0, 4), np.float32), {}, semantic=sem)
+                image, _, _, _, sem = apply_transform(
+                    self.transform, image, np.zeros((0, 4), np.float32), {}, semantic=sem
+                )
             return _to_image_tensor(image), torch.from_numpy(np.ascontiguousarray(sem)).long()
 
         boxes = rec.boxes
         fields = {"labels": rec.labels, "difficult": rec.difficult, "iscrowd": rec.iscrowd, "truncated": rec.truncated}
         masks = self.instance_masks(rec) if self.task == "instance" else None
         if masks is not None and masks.shape[1:] != image.shape[:2]:
-            raise DatasetError(f"{rec.mask_path or rec.path}: masks are {masks.shape[1:]} but the image is {image.shape[:2]}")
+            raise DatasetError(
+                f"{rec.mask_path or rec.path}: masks are {masks.shape[1:]} but the image is {image.shape[:2]}"
+            )
         if self.transform is not None:
             image, boxes, fields, masks, _ = apply_transform(self.transform, image, boxes, fields, masks=masks)
         target: dict[str, Any] = {
@@ -224,9 +230,26 @@ class BaseDataModule(pl.LightningDataModule):
 
     Loaders: training order is a pure function of the run's seed and the epoch and resumes mid-epoch
     (see :mod:`datamodules.samplers`); under DDP every rank gets its shard, validation and test without
-    repeats (``Trainer(use_distributed_sampler=False)``). ``shuffle_seed`` fixes the order independently
-    of ``seed_everything``.
+    repeats (``Trainer(use_distributed_sampler=False)``).
+
+    The arguments below are every DataModule's: a subclass declares only its own and passes these on with
+    ``super().__init__(**loader_kwargs)`` (jsonargparse then documents them under the subclass). The base
+    saves the hyperparameters of both (``hparams_ignore`` names those left out).
+
+    Args:
+        task: ``detection`` | ``semantic`` | ``instance``.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: keep the workers between epochs (only with ``num_workers > 0``).
+        train_augment: training augmentation, a list of ``{"name": <albumentations class>, **kwargs}``.
+        eval_augment: validation / test augmentation, in the same form.
+        drop_last: drop the last incomplete training batch.
+        shuffle_seed: fixes the training order independently of ``seed_everything``.
     """
+
+    #: constructor arguments not saved in ``hparams`` (e.g. values the model holds too)
+    hparams_ignore: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -264,6 +287,8 @@ class BaseDataModule(pl.LightningDataModule):
         self.val_dataset: AnnotatedDataset | None = None
         self.test_dataset: AnnotatedDataset | None = None
         self._class_names: tuple[str, ...] | None = None
+        # Lightning reads the arguments of every __init__ on the call path: the subclass's and these
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
 
     # -- classes -------------------------------------------------------------------------------------
     @property
@@ -340,7 +365,9 @@ class BaseDataModule(pl.LightningDataModule):
                 self._resume = None
         else:
             if world > 1 and len(dataset) < world:
-                raise ValueError(f"{dataset.name}: {len(dataset)} {split} images cannot be split over {world} processes")
+                raise ValueError(
+                    f"{dataset.name}: {len(dataset)} {split} images cannot be split over {world} processes"
+                )
             sampler = ShardedEvalSampler(len(dataset), rank, world)
         return DataLoader(
             dataset,

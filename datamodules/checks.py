@@ -92,7 +92,9 @@ def safe_image_path(root: Path, file_name: str, source: str, field: str) -> Path
         raise DatasetError(f"{source}: {field}: expected a non-empty file name, got {file_name!r}")
     for pure in (PurePosixPath(file_name), PureWindowsPath(file_name)):
         if pure.is_absolute() or pure.drive or pure.root:
-            raise DatasetError(f"{source}: {field}: absolute path {file_name!r} is not allowed (must be relative to {root})")
+            raise DatasetError(
+                f"{source}: {field}: absolute path {file_name!r} is not allowed (must be relative to {root})"
+            )
         if ".." in pure.parts:
             raise DatasetError(f"{source}: {field}: {file_name!r} escapes the image folder {root} ('..' not allowed)")
     return Path(root) / file_name
@@ -116,8 +118,12 @@ class ImageIndex:
     def require(self, paths: Iterable[Path], source: str) -> None:
         missing = [p for p in paths if not self.exists(p)]
         if missing:
-            shown = ", ".join(str(p) for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise DatasetError(f"{missing[0]}: image file not found ({len(missing)} missing, listed in {source}: {shown})")
+            shown = ", ".join(str(p) for p in missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            raise DatasetError(
+                f"{missing[0]}: image file not found ({len(missing)} missing, listed in {source}: {shown})"
+            )
 
 
 def load_rgb(path: Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:

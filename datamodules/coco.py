@@ -233,7 +233,10 @@ def decode_segmentation(segm: Any, h: int, w: int) -> np.ndarray:
         rle = mask_utils.frPyObjects(segm, h, w)
     else:
         counts = segm["counts"]
-        rle = {"size": [int(v) for v in segm["size"]], "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+        rle = {
+            "size": [int(v) for v in segm["size"]],
+            "counts": counts.encode("utf-8") if isinstance(counts, str) else counts,
+        }
     with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" DeprecationWarning
         warnings.simplefilter("ignore", DeprecationWarning)
         mask = mask_utils.decode(rle)
@@ -339,13 +342,17 @@ class COCODataset(AnnotatedDataset):
             records.append(rec)
         ImageIndex().require((r.path for r in records), source)
         names = [n for _, n in own]
-        super().__init__(records, names, task, augment, name or f"COCO {self.annotation_file.name} ({task})", stats, unknown)
+        super().__init__(
+            records, names, task, augment, name or f"COCO {self.annotation_file.name} ({task})", stats, unknown
+        )
 
     def _decode(self, rec: ImageRecord, k: int) -> np.ndarray:
         try:
             return decode_segmentation(rec.segmentations[k], rec.height, rec.width)
         except Exception as exc:  # pycocotools raises bare exceptions on bad input
-            raise DatasetError(f"{self.annotation_file}: image {rec.file_name}: object {k}: segmentation: cannot decode ({exc})") from None
+            raise DatasetError(
+                f"{self.annotation_file}: image {rec.file_name}: object {k}: segmentation: cannot decode ({exc})"
+            ) from None
 
     def instance_masks(self, rec: ImageRecord) -> np.ndarray:
         masks = np.zeros((len(rec.labels), rec.height, rec.width), np.uint8)
@@ -368,12 +375,11 @@ class COCODataModule(BaseDataModule):
         train_annotations, train_images: instances JSON and the folder its ``file_name`` are relative to.
         val_annotations, val_images: the same for validation.
         test_annotations, test_images: for ``trainer.test``; ``None`` tests on the val files.
-        task: ``detection`` | ``semantic`` | ``instance``.
         keep_crowd_in_train: keep ``iscrowd`` regions as training targets (default: dropped; they are
             always kept, flagged, in val / test targets, and painted 255 in semantic maps).
         on_unknown_class: ``error`` (default) or ``skip`` annotations with an unknown ``category_id``.
-        batch_size, num_workers, pin_memory, persistent_workers, drop_last: DataLoader settings.
-        train_augment, eval_augment: lists of ``{"name": <albumentations class>, **kwargs}``.
+        **loader_kwargs: ``task`` (``detection`` | ``semantic`` | ``instance``), ``batch_size`` and the
+            other loader arguments of :class:`~datamodules.base.BaseDataModule`.
 
     Labels 1..K follow the sorted category ids (COCO's 80 ids 1..90 become 1..80):
     ``category_id_to_label`` / ``label_to_category_id``; ``save_label_map(path)`` writes them (it is
@@ -388,24 +394,14 @@ class COCODataModule(BaseDataModule):
         val_images: str,
         test_annotations: str | None = None,
         test_images: str | None = None,
-        task: Task = "detection",
         keep_crowd_in_train: bool = False,
         on_unknown_class: OnUnknown = "error",
-        batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        train_augment: list[dict[str, Any]] | None = None,
-        eval_augment: list[dict[str, Any]] | None = None,
-        drop_last: bool = False,
-        shuffle_seed: int | None = None,
+        **loader_kwargs: Any,
     ) -> None:
-        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last,
-                         shuffle_seed)
+        super().__init__(**loader_kwargs)
         check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
         if (test_annotations is None) != (test_images is None):
             raise ValueError("give both test_annotations and test_images, or neither")
-        self.save_hyperparameters()
         self.files = {
             "train": (train_annotations, train_images),
             "val": (val_annotations, val_images),
@@ -441,7 +437,9 @@ class COCODataModule(BaseDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "note": "label = position in sorted category ids + 1; label 0 is background",
-            "labels": [{"label": i, "category_id": cid, "name": name} for i, (cid, name) in enumerate(self.categories, start=1)],
+            "labels": [
+                {"label": i, "category_id": cid, "name": name} for i, (cid, name) in enumerate(self.categories, start=1)
+            ],
             "category_id_to_label": {str(k): v for k, v in self.category_id_to_label.items()},
             "label_to_category_id": {str(k): v for k, v in self.label_to_category_id.items()},
         }

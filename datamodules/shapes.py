@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from datamodules.base import AnnotatedDataset, BaseDataModule, Task, check_choice
+from datamodules.base import AnnotatedDataset, BaseDataModule, check_choice
 from datamodules.checks import DatasetError
 from datamodules.coco import COCODataset
 from datamodules.shapes_generator import SHAPES_CLASSES, dataset_is_current, generate_shapes_dataset
@@ -27,20 +27,19 @@ class ShapesDataModule(BaseDataModule):
     Args:
         root: dataset folder (generated there if needed).
         reader: ``voc`` (XML + PNGs) or ``coco`` (instances JSON with RLE masks).
-        task: ``detection`` | ``semantic`` | ``instance``.
         seed, num_train, num_val, image_size: generator parameters (a change regenerates ``root``).
         keep_difficult_in_train: VOC reader: keep ``difficult`` objects as training targets (the COCO
             layout has no difficult flag, so the COCO reader always keeps them).
         progress: show the generator's progress bar.
-        batch_size, num_workers, pin_memory, persistent_workers, drop_last: DataLoader settings.
-        train_augment, eval_augment: lists of ``{"name": <albumentations class>, **kwargs}``.
+        batch_size: images per batch (16 here; 8 in the other DataModules).
+        **loader_kwargs: ``task`` (``detection`` | ``semantic`` | ``instance``) and the other loader
+            arguments of :class:`~datamodules.base.BaseDataModule`.
     """
 
     def __init__(
         self,
         root: str = "data/shapes",
         reader: Literal["voc", "coco"] = "voc",
-        task: Task = "detection",
         seed: int = 0,
         num_train: int = 1000,
         num_val: int = 200,
@@ -48,18 +47,10 @@ class ShapesDataModule(BaseDataModule):
         keep_difficult_in_train: bool = False,
         progress: bool = True,
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        train_augment: list[dict[str, Any]] | None = None,
-        eval_augment: list[dict[str, Any]] | None = None,
-        drop_last: bool = False,
-        shuffle_seed: int | None = None,
+        **loader_kwargs: Any,
     ) -> None:
-        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last,
-                         shuffle_seed)
+        super().__init__(batch_size=batch_size, **loader_kwargs)
         check_choice(reader, ("voc", "coco"), "reader")
-        self.save_hyperparameters()
         self.root = root
         self.reader = reader
         self.seed = seed
@@ -82,8 +73,12 @@ class ShapesDataModule(BaseDataModule):
     def prepare_data(self) -> None:
         if not self.is_current():
             generate_shapes_dataset(
-                self.root, seed=self.seed, num_train=self.num_train, num_val=self.num_val,
-                size=self.image_size, progress=self.progress,
+                self.root,
+                seed=self.seed,
+                num_train=self.num_train,
+                num_val=self.num_val,
+                size=self.image_size,
+                progress=self.progress,
             )
 
     def setup(self, stage: str | None = None) -> None:

@@ -118,8 +118,18 @@ def _unit_outline(name: str, rng: np.random.Generator) -> np.ndarray:
         a = rng.uniform(0.26, 0.38)  # half thickness of the arms
         return np.array(
             [
-                [-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a],
-                [a, 1], [-a, 1], [-a, a], [-1, a], [-1, -a], [-a, -a],
+                [-a, -1],
+                [a, -1],
+                [a, -a],
+                [1, -a],
+                [1, a],
+                [a, a],
+                [a, 1],
+                [-a, 1],
+                [-a, a],
+                [-1, a],
+                [-1, -a],
+                [-a, -a],
             ],
             dtype=np.float64,
         )
@@ -455,9 +465,7 @@ def _coco_json(split: str, records: list[dict[str, Any]], size: int, seed: int) 
     ann_id = 1
     for rec in records:
         image_id = rec["index"] + 1
-        images.append(
-            {"id": image_id, "file_name": f"{rec['stem']}.jpg", "width": size, "height": size}
-        )
+        images.append({"id": image_id, "file_name": f"{rec['stem']}.jpg", "width": size, "height": size})
         for o in rec["objects"]:
             x1, y1, x2, y2 = o["box"]
             annotations.append(
@@ -482,9 +490,7 @@ def _coco_json(split: str, records: list[dict[str, Any]], size: int, seed: int) 
             "date_created": "",
         },
         "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
-        "categories": [
-            {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES_CLASSES)
-        ],
+        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES_CLASSES)],
         "images": images,
         "annotations": annotations,
     }
@@ -522,8 +528,15 @@ def generate_shapes_dataset(
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation",
-                "SegmentationClass", "SegmentationObject", "annotations"):
+    for sub in (
+        "JPEGImages",
+        "Annotations",
+        "ImageSets/Main",
+        "ImageSets/Segmentation",
+        "SegmentationClass",
+        "SegmentationObject",
+        "annotations",
+    ):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
     counts = {"train": num_train, "val": num_val}
@@ -575,8 +588,13 @@ def generate_shapes_dataset(
     meta = _meta_params(seed, num_train, num_val, size)
     meta["stats"] = _statistics(by_split)
     meta["layouts"] = {
-        "voc": {"images": "JPEGImages", "annotations": "Annotations", "imagesets": "ImageSets",
-                "segmentation_class": "SegmentationClass", "segmentation_object": "SegmentationObject"},
+        "voc": {
+            "images": "JPEGImages",
+            "annotations": "Annotations",
+            "imagesets": "ImageSets",
+            "segmentation_class": "SegmentationClass",
+            "segmentation_object": "SegmentationObject",
+        },
         "coco": {split: f"annotations/instances_{split}.json" for split in SPLITS},
     }
     _atomic_write(root / "meta.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
@@ -602,8 +620,11 @@ def _statistics(by_split: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "truncated": sum(1 for o in objs if o["truncated"]),
             "difficult": sum(1 for o in objs if o["difficult"]),
             "occluded": sum(1 for o in objs if o["occluded"]),
-            "box_long_side_px": {"min": min(sides, default=0), "max": max(sides, default=0),
-                                 "le16": sum(1 for s in sides if s <= 16)},
+            "box_long_side_px": {
+                "min": min(sides, default=0),
+                "max": max(sides, default=0),
+                "le16": sum(1 for s in sides if s <= 16),
+            },
         }
     return stats
 

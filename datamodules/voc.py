@@ -28,14 +28,39 @@ from datamodules.checks import DatasetError, ImageIndex, as_number, clip_boxes, 
 from datamodules.palette import read_label_png
 
 __all__ = [
-    "VOC_CLASSES", "VOCDataset", "VOCDataModule", "parse_voc_xml", "resolve_voc_root", "read_image_set",
-    "resolve_sbd_root", "read_sbd_split", "read_sbd_cls",
+    "VOC_CLASSES",
+    "VOCDataset",
+    "VOCDataModule",
+    "parse_voc_xml",
+    "resolve_voc_root",
+    "read_image_set",
+    "resolve_sbd_root",
+    "read_sbd_split",
+    "read_sbd_cls",
 ]
 
 #: the 20 Pascal VOC classes in the devkit's order (label = position + 1)
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 OnUnknown = Literal["error", "skip"]
@@ -132,7 +157,9 @@ def parse_voc_xml(
         bb = obj.find("bndbox")
         if bb is None:
             raise DatasetError(f"{source}: {where}.bndbox: missing")
-        xmin, ymin, xmax, ymax = (as_number(bb.findtext(t), source, f"{where}.bndbox.{t}") for t in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (
+            as_number(bb.findtext(t), source, f"{where}.bndbox.{t}") for t in ("xmin", "ymin", "xmax", "ymax")
+        )
         boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
         labels.append(class_to_label[name])
         difficult.append(_flag(obj, "difficult", source, f"{where}.difficult"))
@@ -295,7 +322,9 @@ class VOCDataset(AnnotatedDataset):
         for i, stem in enumerate(stems, start=1):
             file_name = f"{stem}.jpg"
             path = safe_image_path(image_dir, file_name, source, f"line {i}")
-            rec = ImageRecord(image_id=i, file_name=file_name, path=path, height=-1, width=-1, **ImageRecord.empty_arrays())
+            rec = ImageRecord(
+                image_id=i, file_name=file_name, path=path, height=-1, width=-1, **ImageRecord.empty_arrays()
+            )
             if task == "semantic":
                 rec.mask_path = year_dir / "SegmentationClass" / f"{stem}.png"
             else:
@@ -338,8 +367,13 @@ class VOCDataset(AnnotatedDataset):
                 file_name = f"{stem}.jpg"
                 path = safe_image_path(self.sbd_dir / "img", file_name, source, f"line {i}")
                 rec = ImageRecord(
-                    image_id=0, file_name=file_name, path=path, height=-1, width=-1,
-                    mask_path=self.sbd_dir / "cls" / f"{stem}.mat", **ImageRecord.empty_arrays(),
+                    image_id=0,
+                    file_name=file_name,
+                    path=path,
+                    height=-1,
+                    width=-1,
+                    mask_path=self.sbd_dir / "cls" / f"{stem}.mat",
+                    **ImageRecord.empty_arrays(),
                 )
                 out.append((rec, f"{source}: line {i}"))
         return out
@@ -375,7 +409,8 @@ class VOCDataset(AnnotatedDataset):
         bad = np.setdiff1d(np.unique(sem), np.r_[np.arange(len(self.class_names) + 1), IGNORE_INDEX])
         if bad.size:
             raise DatasetError(
-                f"{rec.mask_path}: label values {bad.tolist()} are neither 0, a class index 1..{len(self.class_names)} nor 255"
+                f"{rec.mask_path}: label values {bad.tolist()} are neither 0, "
+                f"a class index 1..{len(self.class_names)} nor 255"
             )
         return sem
 
@@ -389,22 +424,25 @@ class VOCDataModule(BaseDataModule):
         train_split, val_split: image-set names (``ImageSets/Main`` for detection,
             ``ImageSets/Segmentation`` otherwise). VOC2007 has ``test``; VOC2012 use ``val_split: val``.
         test_split: image set for ``trainer.test``; ``None`` tests on ``val_split``.
-        task: ``detection`` | ``semantic`` | ``instance``.
         keep_difficult_in_train: keep ``difficult`` objects in training targets (default: dropped).
             Validation / test targets always keep them, flagged, for VOC-style evaluation.
         on_unknown_class: ``error`` (default) or ``skip`` objects whose class is not in ``class_names``.
         class_names: for VOC-format datasets with other classes; default the 20 VOC classes.
         download: fetch the tarballs with torchvision's VOC downloader in ``prepare_data`` when a split
             is missing (off by default).
-        batch_size, num_workers, pin_memory, persistent_workers, drop_last: DataLoader settings.
-        train_augment, eval_augment: lists of ``{"name": <albumentations class>, **kwargs}``.
         train_sets: ``[[year, split], ...]`` to train on several image sets concatenated, e.g.
             ``[[2007, trainval], [2012, trainval]]`` (the papers' "07+12"); replaces ``year`` /
             ``train_split`` for training only (validation and test stay ``year`` / ``val_split``).
         sbd_root: the extracted SBD ``benchmark_RELEASE`` folder; needed by (and only by) the training
             split ``train_aug`` of VOC2012 (task ``semantic``): VOC2012 seg train + SBD train + val minus
             VOC2012 seg val (see :class:`VOCDataset`).
+        **loader_kwargs: ``task`` (``detection`` | ``semantic`` | ``instance``), ``batch_size`` and the
+            other loader arguments of :class:`~datamodules.base.BaseDataModule`.
     """
+
+    # the model holds the class names (linked from this module by the CLI) in its own hparams; kept here too,
+    # the two would differ (None / list vs the resolved tuple) and Lightning refuses to merge them for the logger
+    hparams_ignore = ("class_names",)
 
     def __init__(
         self,
@@ -413,28 +451,16 @@ class VOCDataModule(BaseDataModule):
         train_split: str = "trainval",
         val_split: str = "test",
         test_split: str | None = None,
-        task: Task = "detection",
         keep_difficult_in_train: bool = False,
         on_unknown_class: OnUnknown = "error",
         class_names: list[str] | None = None,
         download: bool = False,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        train_augment: list[dict[str, Any]] | None = None,
-        eval_augment: list[dict[str, Any]] | None = None,
-        drop_last: bool = False,
-        shuffle_seed: int | None = None,
         train_sets: list[tuple[int | str, str]] | None = None,
         sbd_root: str | None = None,
+        **loader_kwargs: Any,
     ) -> None:
-        super().__init__(task, batch_size, num_workers, pin_memory, persistent_workers, train_augment, eval_augment, drop_last,
-                         shuffle_seed)
+        super().__init__(**loader_kwargs)
         check_choice(on_unknown_class, ("error", "skip"), "on_unknown_class")
-        # the model holds the class names (linked from this module by the CLI) in its own hparams; kept here too,
-        # the two would differ (None / list vs the resolved tuple) and Lightning refuses to merge them for the logger
-        self.save_hyperparameters(ignore=["class_names"])
         self.root = root
         self.year = str(year)
         self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
@@ -451,8 +477,8 @@ class VOCDataModule(BaseDataModule):
             self.train_sets = [(self.year, train_split)]
         if sbd_root is not None and not any(s == TRAIN_AUG for _, s in self.train_sets):
             raise ValueError(f"sbd_root is only used by the training split {TRAIN_AUG!r}; set train_split: {TRAIN_AUG}")
-        if sbd_root is not None and task != "semantic":
-            raise ValueError(f"sbd_root (SBD class labels) needs task: semantic, got {task!r}")
+        if sbd_root is not None and self.task != "semantic":
+            raise ValueError(f"sbd_root (SBD class labels) needs task: semantic, got {self.task!r}")
         self.sbd_root = sbd_root
         self.keep_difficult_in_train = keep_difficult_in_train
         self.on_unknown_class = on_unknown_class

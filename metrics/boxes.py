@@ -65,9 +65,7 @@ def box_iou_numpy(a: np.ndarray, b: np.ndarray, convention: Convention = "contin
     """NumPy float64 twin of :func:`box_iou` (``N x 4``, ``M x 4`` -> ``N x M``)."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    return pairwise_iou_numpy(
-        np.repeat(a, len(b), axis=0), np.tile(b, (len(a), 1)), convention
-    ).reshape(len(a), len(b))
+    return pairwise_iou_numpy(np.repeat(a, len(b), axis=0), np.tile(b, (len(a), 1)), convention).reshape(len(a), len(b))
 
 
 def pairwise_iou_numpy(a: np.ndarray, b: np.ndarray, convention: Convention = "continuous") -> np.ndarray:

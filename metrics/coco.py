@@ -29,8 +29,15 @@ import numpy as np
 
 from .data import FlatDetections
 
-__all__ = ["COCO_STAT_NAMES", "coco_image_ids", "coco_evaluate", "coco_evaluate_flat", "coco_gt_dataset",
-           "coco_dt_annotations", "coco_stat_names"]
+__all__ = [
+    "COCO_STAT_NAMES",
+    "coco_image_ids",
+    "coco_evaluate",
+    "coco_evaluate_flat",
+    "coco_gt_dataset",
+    "coco_dt_annotations",
+    "coco_stat_names",
+]
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -102,8 +109,11 @@ def _summary(ev: Any, per_class: bool) -> dict[str, float]:
             return arr[..., :0, :0]
         return arr[..., areas.index(area), max_dets.index(m)]
 
-    out = {"AP": mean(pick(prec, None, "all", last)), "AP50": mean(pick(prec, 0.5, "all", last)),
-           "AP75": mean(pick(prec, 0.75, "all", last))}
+    out = {
+        "AP": mean(pick(prec, None, "all", last)),
+        "AP50": mean(pick(prec, 0.5, "all", last)),
+        "AP75": mean(pick(prec, 0.75, "all", last)),
+    }
     for key, area in (("s", "small"), ("m", "medium"), ("l", "large")):
         out[f"AP{key}"] = mean(pick(prec, None, area, last))
     for m in max_dets:
@@ -164,9 +174,7 @@ def coco_evaluate(
         ev.evaluate()
         ev.accumulate()
     out = _summary(ev, per_class)
-    return {k: out[k] for k in coco_stat_names(max_detection_thresholds)} | {
-        k: v for k, v in out.items() if "/" in k
-    }
+    return {k: out[k] for k in coco_stat_names(max_detection_thresholds)} | {k: v for k, v in out.items() if "/" in k}
 
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
@@ -190,7 +198,9 @@ def rle_areas(rles: list[dict], chunk: int = 255) -> np.ndarray:
     more than 255 RLEs in one call, so it is called on chunks of at most 255."""
     from pycocotools import mask as mask_utils
 
-    parts = [np.asarray(mask_utils.area(rles[i:i + chunk]), np.float64).reshape(-1) for i in range(0, len(rles), chunk)]
+    parts = [
+        np.asarray(mask_utils.area(rles[i : i + chunk]), np.float64).reshape(-1) for i in range(0, len(rles), chunk)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -219,8 +229,15 @@ def coco_gt_dataset(flat: FlatDetections, iou_type: str = "bbox", categories: Se
     al = area.tolist()
     if iou_type == "segm":
         anns = [
-            {"id": k + 1, "image_id": img[k], "category_id": lab[k], "bbox": bl[k], "area": al[k],
-             "iscrowd": crowd[k], "segmentation": flat.gt_masks[k]}
+            {
+                "id": k + 1,
+                "image_id": img[k],
+                "category_id": lab[k],
+                "bbox": bl[k],
+                "area": al[k],
+                "iscrowd": crowd[k],
+                "segmentation": flat.gt_masks[k],
+            }
             for k in range(len(img))
         ]
     else:
@@ -243,25 +260,47 @@ def coco_dt_annotations(flat: FlatDetections, iou_type: str = "bbox") -> list[di
             raise ValueError("iou_type='segm' needs predicted masks")
         area = rle_areas(flat.det_masks).tolist() if len(img) else []
         return [
-            {"id": k + 1, "image_id": img[k], "category_id": lab[k], "bbox": bl[k], "score": sc[k], "area": area[k],
-             "iscrowd": 0, "segmentation": flat.det_masks[k]}
+            {
+                "id": k + 1,
+                "image_id": img[k],
+                "category_id": lab[k],
+                "bbox": bl[k],
+                "score": sc[k],
+                "area": area[k],
+                "iscrowd": 0,
+                "segmentation": flat.det_masks[k],
+            }
             for k in range(len(img))
         ]
     area = (box[:, 2] * box[:, 3]).tolist()
     return [
-        {"id": k + 1, "image_id": img[k], "category_id": lab[k], "bbox": bl[k], "score": sc[k], "area": area[k],
-         "iscrowd": 0}
+        {
+            "id": k + 1,
+            "image_id": img[k],
+            "category_id": lab[k],
+            "bbox": bl[k],
+            "score": sc[k],
+            "area": area[k],
+            "iscrowd": 0,
+        }
         for k in range(len(img))
     ]
 
 
 def coco_evaluate_flat(
-    flat: FlatDetections, iou_type: Literal["bbox", "segm"] = "bbox", backend: Backend = "faster_coco_eval",
+    flat: FlatDetections,
+    iou_type: Literal["bbox", "segm"] = "bbox",
+    backend: Backend = "faster_coco_eval",
     **settings: Any,
 ) -> dict[str, float]:
     """COCO summary numbers of a :class:`FlatDetections` (all labels present are categories);
     ``settings``: the keyword settings of :func:`coco_evaluate`."""
     return coco_evaluate(
-        coco_gt_dataset(flat, iou_type), coco_dt_annotations(flat, iou_type), iou_type, backend, prepared=True,
-        copy_inputs=False, **settings,  # the dicts are made here and used once
+        coco_gt_dataset(flat, iou_type),
+        coco_dt_annotations(flat, iou_type),
+        iou_type,
+        backend,
+        prepared=True,
+        copy_inputs=False,
+        **settings,  # the dicts are made here and used once
     )

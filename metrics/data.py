@@ -94,9 +94,13 @@ class FlatDetections:
         """Raise ``ValueError`` on inconsistent lengths (a cheap guard before evaluating)."""
         nd, ng = len(self.det_img), len(self.gt_img)
         for name, arr, n in (
-            ("det_label", self.det_label, nd), ("det_score", self.det_score, nd), ("det_box", self.det_box, nd),
-            ("gt_label", self.gt_label, ng), ("gt_box", self.gt_box, ng),
-            ("gt_difficult", self.gt_difficult, ng), ("gt_crowd", self.gt_crowd, ng),
+            ("det_label", self.det_label, nd),
+            ("det_score", self.det_score, nd),
+            ("det_box", self.det_box, nd),
+            ("gt_label", self.gt_label, ng),
+            ("gt_box", self.gt_box, ng),
+            ("gt_difficult", self.gt_difficult, ng),
+            ("gt_crowd", self.gt_crowd, ng),
         ):
             if len(arr) != n:
                 raise ValueError(f"{name} has {len(arr)} rows, expected {n}")

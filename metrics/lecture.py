@@ -157,8 +157,9 @@ def lecture_evaluate(
                 prev = 0
                 for level in np.unique(ps)[::-1].tolist():
                     active = (ps >= level).tolist()
-                    tp = len(_greedy([p for p, on in zip(pd.tolist(), active) if on],
-                                     [g for g, on in zip(pg, active) if on]))
+                    tp = len(
+                        _greedy([p for p, on in zip(pd.tolist(), active) if on], [g for g, on in zip(pg, active) if on])
+                    )
                     if tp != prev:
                         ev_score.append(level)
                         ev_label.append(label)

@@ -15,7 +15,9 @@ import torch  # noqa: E402
 __all__ = ["plot_pr_curves", "plot_confusion_matrix"]
 
 
-def plot_pr_curves(curves: Mapping[str, Mapping[str, object]], path: str | Path, title: str = "Precision / recall") -> Path:
+def plot_pr_curves(
+    curves: Mapping[str, Mapping[str, object]], path: str | Path, title: str = "Precision / recall"
+) -> Path:
     """One panel per class: the ranked precision/recall curve and the 11 interpolation points
     (max precision at recall >= r, r = 0, 0.1, ..., 1) that the VOC2007 / course AP averages.
 
@@ -28,7 +30,7 @@ def plot_pr_curves(curves: Mapping[str, Mapping[str, object]], path: str | Path,
     cols = min(4, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
-    for ax in axes.ravel()[len(names):]:
+    for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
     for ax, name in zip(axes.ravel(), names):
         c = curves[name]
@@ -54,7 +56,10 @@ def plot_pr_curves(curves: Mapping[str, Mapping[str, object]], path: str | Path,
 
 
 def plot_confusion_matrix(
-    cm: torch.Tensor | np.ndarray, path: str | Path, class_names: Sequence[str] | None = None, title: str = "Confusion matrix"
+    cm: torch.Tensor | np.ndarray,
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    title: str = "Confusion matrix",
 ) -> Path:
     """Row-normalised confusion matrix (rows = ground truth, each row sums to 1; empty rows 0)."""
     path = Path(path)
@@ -75,8 +80,15 @@ def plot_confusion_matrix(
         for i in range(k):
             for j in range(k):
                 if norm[i, j] > 0:
-                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()

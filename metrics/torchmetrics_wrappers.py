@@ -53,7 +53,11 @@ def encode_masks(masks: Tensor | np.ndarray) -> list[dict]:
 def _rles_to_tensors(rles: list[dict]) -> tuple[Tensor, Tensor]:
     blobs = [r["counts"] if isinstance(r["counts"], bytes) else r["counts"].encode() for r in rles]
     lens = torch.tensor([len(b) for b in blobs], dtype=torch.int64)
-    data = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if blobs and lens.sum() > 0 else torch.zeros(0, dtype=torch.uint8)
+    data = (
+        torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+        if blobs and lens.sum() > 0
+        else torch.zeros(0, dtype=torch.uint8)
+    )
     return data.clone(), lens
 
 
@@ -132,15 +136,28 @@ class DetectionMetrics(Metric):
         self.coco_settings = {
             "iou_thresholds": None if iou_thresholds is None else [float(v) for v in iou_thresholds],
             "rec_thresholds": None if rec_thresholds is None else [float(v) for v in rec_thresholds],
-            "max_detection_thresholds": None if max_detection_thresholds is None
+            "max_detection_thresholds": None
+            if max_detection_thresholds is None
             else [int(v) for v in max_detection_thresholds],
             "per_class": bool(class_metrics),
         }
         self.box_format = box_format
         self.voc07_grid = voc07_grid
         self.with_masks = "segm" in iou_types
-        for name in ("img_ndet", "img_ngt", "img_id", "img_hw", "det_boxes", "det_scores", "det_labels",
-                     "gt_boxes", "gt_labels", "gt_difficult", "gt_crowd", "gt_area"):
+        for name in (
+            "img_ndet",
+            "img_ngt",
+            "img_id",
+            "img_hw",
+            "det_boxes",
+            "det_scores",
+            "det_labels",
+            "gt_boxes",
+            "gt_labels",
+            "gt_difficult",
+            "gt_crowd",
+            "gt_area",
+        ):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         if self.with_masks:
             for name in ("det_rle", "det_rle_len", "gt_rle", "gt_rle_len"):
@@ -158,8 +175,13 @@ class DetectionMetrics(Metric):
         db, ds, dl, gb, gl, gd, gc, ga = [], [], [], [], [], [], [], []
         drle, grle = [], []
         for i, (p, t) in enumerate(zip(preds, targets)):
-            for key, d, where in (("boxes", p, "preds"), ("scores", p, "preds"), ("labels", p, "preds"),
-                                  ("boxes", t, "targets"), ("labels", t, "targets")):
+            for key, d, where in (
+                ("boxes", p, "preds"),
+                ("scores", p, "preds"),
+                ("labels", p, "preds"),
+                ("boxes", t, "targets"),
+                ("labels", t, "targets"),
+            ):
                 if key not in d:
                     raise ValueError(f"{where}[{i}] has no '{key}'")
             pb = torch.as_tensor(p["boxes"]).reshape(-1, 4)
@@ -182,10 +204,15 @@ class DetectionMetrics(Metric):
             gl.append(torch.as_tensor(t["labels"]).reshape(-1))
             for key, out in (("difficult", gd), ("iscrowd", gc)):
                 v = t.get(key)
-                out.append(torch.zeros(m, dtype=torch.bool) if v is None else torch.as_tensor(v).reshape(-1).ne(0).cpu())
+                out.append(
+                    torch.zeros(m, dtype=torch.bool) if v is None else torch.as_tensor(v).reshape(-1).ne(0).cpu()
+                )
             a = t.get("area")
-            ga.append(torch.full((m,), float("nan"), dtype=torch.float64) if a is None
-                      else torch.as_tensor(a, dtype=torch.float64).reshape(-1).cpu())
+            ga.append(
+                torch.full((m,), float("nan"), dtype=torch.float64)
+                if a is None
+                else torch.as_tensor(a, dtype=torch.float64).reshape(-1).cpu()
+            )
             h = w = 0
             if self.with_masks:
                 if "masks" not in p or "masks" not in t:
@@ -210,7 +237,10 @@ class DetectionMetrics(Metric):
         self.gt_crowd.append(torch.cat(gc).to(dev, torch.uint8))
         self.gt_area.append(torch.cat(ga).to(dev, torch.float64))
         if self.with_masks:
-            for rles, data_state, len_state in ((drle, self.det_rle, self.det_rle_len), (grle, self.gt_rle, self.gt_rle_len)):
+            for rles, data_state, len_state in (
+                (drle, self.det_rle, self.det_rle_len),
+                (grle, self.gt_rle, self.gt_rle_len),
+            ):
                 data, lens = _rles_to_tensors(rles)
                 data_state.append(data.to(dev))
                 len_state.append(lens.to(dev))
@@ -249,10 +279,12 @@ class DetectionMetrics(Metric):
             image_ids=ids,
         )
         if self.with_masks:
-            flat.det_masks = _tensors_to_rles(self._cat(self.det_rle, np.uint8), self._cat(self.det_rle_len, np.int64),
-                                              hw[flat.det_img])
-            flat.gt_masks = _tensors_to_rles(self._cat(self.gt_rle, np.uint8), self._cat(self.gt_rle_len, np.int64),
-                                             hw[flat.gt_img])
+            flat.det_masks = _tensors_to_rles(
+                self._cat(self.det_rle, np.uint8), self._cat(self.det_rle_len, np.int64), hw[flat.det_img]
+            )
+            flat.gt_masks = _tensors_to_rles(
+                self._cat(self.gt_rle, np.uint8), self._cat(self.gt_rle_len, np.int64), hw[flat.gt_img]
+            )
         flat.validate()
         return _drop_duplicate_images(flat)
 
@@ -261,16 +293,27 @@ class DetectionMetrics(Metric):
             return {int(k): str(int(k)) for k in flat.labels}
         missing = sorted(set(np.unique(flat.gt_label).tolist()) - set(self._names))
         if missing:
-            how = ("a list names labels 1..K: label i is class_names[i - 1]; pass a {label: name} dict"
-                   if isinstance(self.class_names, list) else "add them to the dict")
+            how = (
+                "a list names labels 1..K: label i is class_names[i - 1]; pass a {label: name} dict"
+                if isinstance(self.class_names, list)
+                else "add them to the dict"
+            )
             raise ValueError(f"ground-truth label(s) {missing} have no name in class_names ({how})")
         return dict(self._names)
 
     def compute(self) -> dict[str, float]:
         """Every metric of the chosen protocols as a flat ``{key: float}`` dict (-1 = undefined)."""
         flat = self.flat()
-        return evaluate_detections(flat, self.protocols, self.iou_types, self._label_names(flat),
-                                   self.iou_threshold, self.coco_backend, self.coco_settings, self.voc07_grid)
+        return evaluate_detections(
+            flat,
+            self.protocols,
+            self.iou_types,
+            self._label_names(flat),
+            self.iou_threshold,
+            self.coco_backend,
+            self.coco_settings,
+            self.voc07_grid,
+        )
 
     def pr_curves(self) -> dict[str, dict[str, np.ndarray | float]]:
         """Per-class VOC (devkit-ranked) precision/recall curves for plots.
@@ -287,8 +330,14 @@ class DetectionMetrics(Metric):
                 continue
             rec, prec = r.recall, r.precision
             p11 = np.array([prec[rec >= t].max() if (rec >= t).any() else 0.0 for t in grid])
-            out[names.get(lab, str(lab))] = {"recall": rec, "precision": prec, "ap": r.ap, "ap07": r.ap07,
-                                             "recall_11": grid.copy(), "precision_11": p11}
+            out[names.get(lab, str(lab))] = {
+                "recall": rec,
+                "precision": prec,
+                "ap": r.ap,
+                "ap07": r.ap07,
+                "recall_11": grid.copy(),
+                "precision_11": p11,
+            }
         return out
 
 
@@ -307,10 +356,15 @@ def _drop_duplicate_images(flat: FlatDetections) -> FlatDetections:
     kd, kg = keep_img[flat.det_img], keep_img[flat.gt_img]
     return FlatDetections(
         num_images=int(keep_img.sum()),
-        det_img=new_index[flat.det_img[kd]], det_label=flat.det_label[kd], det_score=flat.det_score[kd],
+        det_img=new_index[flat.det_img[kd]],
+        det_label=flat.det_label[kd],
+        det_score=flat.det_score[kd],
         det_box=flat.det_box[kd],
-        gt_img=new_index[flat.gt_img[kg]], gt_label=flat.gt_label[kg], gt_box=flat.gt_box[kg],
-        gt_difficult=flat.gt_difficult[kg], gt_crowd=flat.gt_crowd[kg],
+        gt_img=new_index[flat.gt_img[kg]],
+        gt_label=flat.gt_label[kg],
+        gt_box=flat.gt_box[kg],
+        gt_difficult=flat.gt_difficult[kg],
+        gt_crowd=flat.gt_crowd[kg],
         gt_area=None if flat.gt_area is None else flat.gt_area[kg],
         det_masks=None if flat.det_masks is None else [m for m, k in zip(flat.det_masks, kd) if k],
         gt_masks=None if flat.gt_masks is None else [m for m, k in zip(flat.gt_masks, kg) if k],
@@ -382,8 +436,9 @@ class SegmentationMetrics(Metric):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
-        self.add_state("confmat", default=torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64),
-                       dist_reduce_fx="sum")
+        self.add_state(
+            "confmat", default=torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64), dist_reduce_fx="sum"
+        )
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """``preds``: B x C x H x W logits or B x H x W labels; ``target``: B x H x W int64."""

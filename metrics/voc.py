@@ -48,8 +48,17 @@ import numpy as np
 from .boxes import Convention, pairwise_iou_numpy
 from .data import FlatDetections, candidate_pairs
 
-__all__ = ["DEVKIT_POINTS", "TENTHS", "VOCClassResult", "eleven_points", "matlab_colon", "voc_ap", "voc_assign",
-           "voc_evaluate", "voc_map"]
+__all__ = [
+    "DEVKIT_POINTS",
+    "TENTHS",
+    "VOCClassResult",
+    "eleven_points",
+    "matlab_colon",
+    "voc_ap",
+    "voc_assign",
+    "voc_evaluate",
+    "voc_map",
+]
 
 Grid = Literal["devkit", "tenths"]
 
@@ -111,8 +120,9 @@ def eleven_points(grid: Grid = "devkit") -> np.ndarray:
     raise ValueError(f"eleven_point_grid must be 'devkit' or 'tenths', got {grid!r}")
 
 
-def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False,
-           eleven_point_grid: Grid = "devkit") -> float:
+def voc_ap(
+    recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False, eleven_point_grid: Grid = "devkit"
+) -> float:
     """AP from a ranked precision/recall curve (VOC2007 11-point or VOC2010+ all-point)."""
     rec = np.asarray(recall, dtype=np.float64)
     prec = np.asarray(precision, dtype=np.float64)
@@ -129,9 +139,7 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
 
 
-def voc_assign(
-    flat: FlatDetections, iou_thr: float = 0.5, convention: Convention = "continuous"
-) -> np.ndarray:
+def voc_assign(flat: FlatDetections, iou_thr: float = 0.5, convention: Convention = "continuous") -> np.ndarray:
     """Devkit outcome of every detection: 1 = TP, 0 = FP, -1 = ignored (difficult/crowd GT).
 
     ``convention="inclusive"`` only for boxes in the devkit's pixel indices (see module docstring).

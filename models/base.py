@@ -22,6 +22,13 @@ from models.parts.timing import StageTimer
 
 Protocol = Literal["lecture", "voc07", "voc", "coco"]
 
+#: ``optimizer`` name -> the torch.optim class and the hyperparameters it takes besides ``lr`` and ``weight_decay``
+OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], tuple[str, ...]]] = {
+    "sgd": (torch.optim.SGD, ("momentum",)),
+    "adamw": (torch.optim.AdamW, ()),
+}
+SCHEDULERS = ("cosine", "constant", "multistep")
+
 
 def capture_rng_states() -> dict[str, Any]:
     """torch (CPU and CUDA), numpy and ``random`` generator states."""
@@ -31,8 +38,13 @@ def capture_rng_states() -> dict[str, Any]:
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
     # plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True)
-    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    numpy_state = {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
     states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -46,7 +58,9 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
     torch.set_rng_state(states["torch"])
     n = states["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -67,10 +81,11 @@ class TaskModule(pl.LightningModule):
         nonfinite_loss: ``raise`` stops the run naming the step and the loss terms; ``skip`` drops
             that step's update and counts it, so no ruined weights reach a checkpoint.
         torch_compile: ``True``, a ``torch.compile`` mode (``max-autotune``) or its keyword arguments
-            (``{backend: aot_eager}``) compile the forward pass; models with data-dependent shapes (proposals, NMS) fall back to eager where
-            the graph breaks.
+            (``{backend: aot_eager}``) compile the forward pass; models with data-dependent shapes (proposals,
+            NMS) fall back to eager where the graph breaks.
     """
 
+    #: ``detection`` | ``semantic`` | ``instance``, set by each task's base below; models/registry.py reads it
     task: str = ""
 
     def __init__(
@@ -167,19 +182,19 @@ class TaskModule(pl.LightningModule):
             restore_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self) -> Any:
+        """The repo's one optimiser mechanism (``scripts/train.py`` refuses LightningCLI's ``--optimizer``): the
+        ``optimizer`` of :data:`OPTIMIZERS` and a per-step ``LambdaLR`` of warm-up then the ``scheduler``."""
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            raise ValueError(f"unknown optimizer {hp.optimizer!r}")
+        if hp.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        optimizer_class, extra = OPTIMIZERS[hp.optimizer]
+        opt = optimizer_class(params, lr=hp.lr, weight_decay=hp.weight_decay, **{k: hp[k] for k in extra})
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warmup = min(hp.warmup_steps, max(total - 1, 0))
         steps = [round(m * total) if m < 1 else int(m) for m in hp.get("milestones", ())]
-        if hp.scheduler not in ("cosine", "constant", "multistep"):
-            raise ValueError(f"unknown scheduler {hp.scheduler!r}; expected cosine, constant or multistep")
+        if hp.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {hp.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -228,14 +243,18 @@ class DetectionModule(TaskModule):
 
     task = "detection"
 
-    def __init__(self, metric_protocols: Sequence[Protocol] = ("lecture", "voc07", "voc", "coco"), **kwargs: Any) -> None:
+    def __init__(
+        self, metric_protocols: Sequence[Protocol] = ("lecture", "voc07", "voc", "coco"), **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.metric_protocols = tuple(metric_protocols)
         self.val_metrics = nn.ModuleDict(self.build_metrics())
         self.test_metrics = nn.ModuleDict(self.build_metrics())
 
     def build_metrics(self) -> dict[str, nn.Module]:
-        return {"bbox": DetectionMetrics(protocols=self.metric_protocols, iou_type="bbox", class_names=self.class_names)}
+        return {
+            "bbox": DetectionMetrics(protocols=self.metric_protocols, iou_type="bbox", class_names=self.class_names)
+        }
 
     def compute_losses(self, batch: Any) -> dict[str, Tensor]:
         images, targets = batch
@@ -243,7 +262,8 @@ class DetectionModule(TaskModule):
 
     def set_nms_iou(self, iou: float) -> None:
         """Change the test-time NMS IoU threshold (for the comparison's NMS sweep). Models that keep it
-        as ``self.nms_thresh`` need nothing more; wrappers of torchvision detectors override this."""
+        as ``self.nms_thresh`` need nothing more (the torchvision-composed detectors expose it as the
+        ``nms_thresh`` property of :class:`~models.detection.torchvision_detector.TorchvisionDetector`)."""
         if not hasattr(self, "nms_thresh"):
             raise NotImplementedError(f"{type(self).__name__} does not expose its NMS threshold")
         self.nms_thresh = float(iou)
@@ -298,18 +318,30 @@ class SemanticSegmentationModule(TaskModule):
     def __init__(self, class_weights: Sequence[float] | None = None, ignore_index: int = 255, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if class_weights is not None and len(class_weights) != self.num_classes + 1:
-            raise ValueError(f"class_weights needs {self.num_classes + 1} values (background first), got {len(class_weights)}")
+            raise ValueError(
+                f"class_weights needs {self.num_classes + 1} values (background first), got {len(class_weights)}"
+            )
         self.register_buffer(
-            "class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None, persistent=False
+            "class_weights",
+            torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None,
+            persistent=False,
         )
         self.ignore_index = ignore_index
-        self.val_metrics = nn.ModuleDict({"semantic": SegmentationMetrics(num_classes=self.num_classes + 1, ignore_index=ignore_index)})
-        self.test_metrics = nn.ModuleDict({"semantic": SegmentationMetrics(num_classes=self.num_classes + 1, ignore_index=ignore_index)})
+        self.val_metrics = nn.ModuleDict(
+            {"semantic": SegmentationMetrics(num_classes=self.num_classes + 1, ignore_index=ignore_index)}
+        )
+        self.test_metrics = nn.ModuleDict(
+            {"semantic": SegmentationMetrics(num_classes=self.num_classes + 1, ignore_index=ignore_index)}
+        )
 
     def compute_losses(self, batch: Any) -> dict[str, Tensor]:
         images, masks = batch
         logits = self(images)
-        return {"loss_ce": nn.functional.cross_entropy(logits, masks, weight=self.class_weights, ignore_index=self.ignore_index)}
+        return {
+            "loss_ce": nn.functional.cross_entropy(
+                logits, masks, weight=self.class_weights, ignore_index=self.ignore_index
+            )
+        }
 
     def _evaluate(self, batch: Any, collection: nn.ModuleDict) -> Tensor:
         images, masks = batch

@@ -31,16 +31,36 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "numpy", "albumentations", "wandb",
-             "faster-coco-eval", "pycocotools", "opencv-contrib-python-headless")
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "torchmetrics",
+    "numpy",
+    "albumentations",
+    "wandb",
+    "faster-coco-eval",
+    "pycocotools",
+    "opencv-contrib-python-headless",
+)
 
 
 def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
     """Commit and whether the working tree had uncommitted changes (``None`` outside a git checkout)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
-                                    text=True, timeout=10, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=repo,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -65,8 +85,12 @@ def run_info(trainer: pl.Trainer | None = None) -> dict[str, Any]:
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
     if trainer is not None:
-        info.update(world_size=trainer.world_size, num_nodes=trainer.num_nodes, precision=str(trainer.precision),
-                    accelerator=type(trainer.accelerator).__name__)
+        info.update(
+            world_size=trainer.world_size,
+            num_nodes=trainer.num_nodes,
+            precision=str(trainer.precision),
+            accelerator=type(trainer.accelerator).__name__,
+        )
     return info
 
 
@@ -92,8 +116,18 @@ class RunMetadata(pl.Callback):
 
 
 #: the metrics :class:`ValidationSummary` shows, in this order, when they were logged
-MAIN_METRICS = ("val/voc07/mAP", "val/voc/mAP", "val/lecture/mAP", "val/coco/AP", "val/coco/AP50", "val/coco_segm/AP",
-                "val/mean_iou", "val/miou", "val/pixel_accuracy", "val/mean_dice")
+MAIN_METRICS = (
+    "val/voc07/mAP",
+    "val/voc/mAP",
+    "val/lecture/mAP",
+    "val/coco/AP",
+    "val/coco/AP50",
+    "val/coco_segm/AP",
+    "val/mean_iou",
+    "val/miou",
+    "val/pixel_accuracy",
+    "val/mean_dice",
+)
 
 
 def _fmt(value: float) -> str:
@@ -132,8 +166,10 @@ class ValidationSummary(pl.Callback):
         if not values:
             return None
         width = max(len(k) for k in values)
-        lines = [f"validation | epoch {trainer.current_epoch} | step {trainer.global_step}",
-                 f"  {'metric':<{width}}  {'value':>8}  {'change':>8}  {'best':>8}"]
+        lines = [
+            f"validation | epoch {trainer.current_epoch} | step {trainer.global_step}",
+            f"  {'metric':<{width}}  {'value':>8}  {'change':>8}  {'best':>8}",
+        ]
         mode_max = getattr(trainer.checkpoint_callback, "mode", "max") != "min"
         for key, value in values.items():
             change = f"{value - self._previous[key]:+.4f}" if key in self._previous else "-"
@@ -197,9 +233,11 @@ class LineProgressBar(ProgressBar):
         step, total = trainer.global_step, trainer.estimated_stepping_batches
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         batches = self.total_train_batches
-        parts = [f"epoch {trainer.current_epoch}{epochs}",
-                 f"step {step}" + (f"/{int(total)}" if total != float("inf") else ""),
-                 f"batch {batch_idx + 1}" + (f"/{int(batches)}" if batches != float("inf") else "")]
+        parts = [
+            f"epoch {trainer.current_epoch}{epochs}",
+            f"step {step}" + (f"/{int(total)}" if total != float("inf") else ""),
+            f"batch {batch_idx + 1}" + (f"/{int(batches)}" if batches != float("inf") else ""),
+        ]
         metrics = self._metrics_text(trainer, pl_module)
         if metrics:
             parts.append(metrics)
@@ -212,8 +250,9 @@ class LineProgressBar(ProgressBar):
                 parts.append(f"eta {time.strftime('%H:%M:%S', time.gmtime(max(0.0, (total - step) / rate)))}")
         return " | ".join(parts)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step != self._last_step and step % self.every_n_steps == 0:
             self._last_step = step
@@ -221,8 +260,10 @@ class LineProgressBar(ProgressBar):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = self._metrics_text(trainer, pl_module)
-        self.print(f"epoch {trainer.current_epoch} done | step {trainer.global_step} | "
-                   f"{time.monotonic() - self._epoch_start:.1f} s" + (f" | {metrics}" if metrics else ""))
+        self.print(
+            f"epoch {trainer.current_epoch} done | step {trainer.global_step} | "
+            f"{time.monotonic() - self._epoch_start:.1f} s" + (f" | {metrics}" if metrics else "")
+        )
 
 
 def _class_labels(class_names: list[str]) -> dict[int, str]:
@@ -233,11 +274,16 @@ def _image_array(image: torch.Tensor) -> np.ndarray:
     return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
 
 
-def _box_data(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None, names: dict[int, str]) -> list[dict[str, Any]]:
+def _box_data(
+    boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None, names: dict[int, str]
+) -> list[dict[str, Any]]:
     out = []
     for i, (box, label) in enumerate(zip(boxes.tolist(), labels.tolist())):
-        item: dict[str, Any] = {"position": {"minX": box[0], "minY": box[1], "maxX": box[2], "maxY": box[3]},
-                                "domain": "pixel", "class_id": int(label)}
+        item: dict[str, Any] = {
+            "position": {"minX": box[0], "minY": box[1], "maxX": box[2], "maxY": box[3]},
+            "domain": "pixel",
+            "class_id": int(label),
+        }
         if scores is not None:
             item["scores"] = {"score": float(scores[i])}
             item["box_caption"] = f"{names.get(int(label), label)} {float(scores[i]):.2f}"
@@ -247,7 +293,9 @@ def _box_data(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | 
     return out
 
 
-def instance_label_map(masks: torch.Tensor, labels: torch.Tensor, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
+def instance_label_map(
+    masks: torch.Tensor, labels: torch.Tensor, shape: tuple[int, int], threshold: float = 0.5
+) -> np.ndarray:
     """One H x W class map from instance masks (N x 1 x H x W probabilities or N x H x W binary):
     later (lower-scored) instances never overwrite earlier ones."""
     out = np.zeros(shape, np.int64)
@@ -260,12 +308,21 @@ def instance_label_map(masks: torch.Tensor, labels: torch.Tensor, shape: tuple[i
 
 
 #: the columns of the ``val/predictions`` table (one row per logged image and validation)
-PREDICTION_COLUMNS = ("epoch", "step", "image", "predictions", "ground_truth", "num_predictions", "num_ground_truth",
-                      "top_score")
+PREDICTION_COLUMNS = (
+    "epoch",
+    "step",
+    "image",
+    "predictions",
+    "ground_truth",
+    "num_predictions",
+    "num_ground_truth",
+    "top_score",
+)
 
 
-def pr_curve_series(curves: dict[str, dict[str, Any]],
-                    max_points: int = 200) -> tuple[list[list[float]], list[list[float]]]:
+def pr_curve_series(
+    curves: dict[str, dict[str, Any]], max_points: int = 200
+) -> tuple[list[list[float]], list[list[float]]]:
     """Recall (x) and precision (y) lists per class for ``wandb.plot.line_series``, each thinned to at most
     ``max_points`` points (the first and last kept) so a validation's plot stays small."""
     xs, ys = [], []
@@ -300,18 +357,38 @@ class WandbPredictionImages(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._items = []
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or len(self._items) >= self.num_images or outputs is None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if (
+            trainer.sanity_checking
+            or not trainer.is_global_zero
+            or len(self._items) >= self.num_images
+            or outputs is None
+        ):
             return
         images, targets = batch
         for k in range(len(images)):
             if len(self._items) >= self.num_images:
                 break
             pred = outputs[k]
-            pred = {n: v.detach().cpu() for n, v in pred.items() if torch.is_tensor(v)} if isinstance(pred, dict) else pred.detach().cpu()
+            pred = (
+                {n: v.detach().cpu() for n, v in pred.items() if torch.is_tensor(v)}
+                if isinstance(pred, dict)
+                else pred.detach().cpu()
+            )
             target = targets[k]
-            target = {n: v.cpu() for n, v in target.items() if torch.is_tensor(v)} if isinstance(target, dict) else target.cpu()
+            target = (
+                {n: v.cpu() for n, v in target.items() if torch.is_tensor(v)}
+                if isinstance(target, dict)
+                else target.cpu()
+            )
             self._items.append((images[k].detach().cpu(), pred, target))
 
     def overlays(self, class_names: list[str]) -> list[dict[str, Any]]:
@@ -322,22 +399,43 @@ class WandbPredictionImages(pl.Callback):
             array = _image_array(image)
             if isinstance(pred, torch.Tensor):  # semantic: label maps (255 = ignore, shown as background)
                 gt = target.numpy().astype(np.int64)
-                out.append({"data_or_path": array, "masks": {
-                    "predictions": {"mask_data": pred.numpy().astype(np.int64), "class_labels": names},
-                    "ground_truth": {"mask_data": np.where(gt == 255, 0, gt), "class_labels": names}}})
+                out.append(
+                    {
+                        "data_or_path": array,
+                        "masks": {
+                            "predictions": {"mask_data": pred.numpy().astype(np.int64), "class_labels": names},
+                            "ground_truth": {"mask_data": np.where(gt == 255, 0, gt), "class_labels": names},
+                        },
+                    }
+                )
                 continue
             keep = pred["scores"] >= self.score_threshold
-            item: dict[str, Any] = {"data_or_path": array, "boxes": {
-                "predictions": {"box_data": _box_data(pred["boxes"][keep], pred["labels"][keep], pred["scores"][keep], names),
-                                "class_labels": names},
-                "ground_truth": {"box_data": _box_data(target["boxes"], target["labels"], None, names), "class_labels": names}}}
+            item: dict[str, Any] = {
+                "data_or_path": array,
+                "boxes": {
+                    "predictions": {
+                        "box_data": _box_data(pred["boxes"][keep], pred["labels"][keep], pred["scores"][keep], names),
+                        "class_labels": names,
+                    },
+                    "ground_truth": {
+                        "box_data": _box_data(target["boxes"], target["labels"], None, names),
+                        "class_labels": names,
+                    },
+                },
+            }
             if "masks" in pred:
                 shape = array.shape[:2]
-                item["masks"] = {"predictions": {"mask_data": instance_label_map(pred["masks"][keep], pred["labels"][keep], shape),
-                                                 "class_labels": names}}
+                item["masks"] = {
+                    "predictions": {
+                        "mask_data": instance_label_map(pred["masks"][keep], pred["labels"][keep], shape),
+                        "class_labels": names,
+                    }
+                }
                 if "masks" in target:
-                    item["masks"]["ground_truth"] = {"mask_data": instance_label_map(target["masks"], target["labels"], shape),
-                                                     "class_labels": names}
+                    item["masks"]["ground_truth"] = {
+                        "mask_data": instance_label_map(target["masks"], target["labels"], shape),
+                        "class_labels": names,
+                    }
             out.append(item)
         return out
 
@@ -380,8 +478,10 @@ class WandbPredictionImages(pl.Callback):
         images = [wandb.Image(**o) for o in self.overlays(class_names)]
         payload: dict[str, Any] = {"val/examples": images}
         if images:
-            rows = [[trainer.current_epoch, trainer.global_step, image, *summary]
-                    for image, summary in zip(images, self.summaries(class_names))]
+            rows = [
+                [trainer.current_epoch, trainer.global_step, image, *summary]
+                for image, summary in zip(images, self.summaries(class_names))
+            ]
             payload["val/predictions"] = wandb.Table(columns=list(PREDICTION_COLUMNS), data=rows)
         if curves:
             from PIL import Image
@@ -389,12 +489,18 @@ class WandbPredictionImages(pl.Callback):
             from metrics.plots import plot_pr_curves
 
             with tempfile.TemporaryDirectory() as tmp:
-                path = plot_pr_curves(curves, Path(tmp) / "pr.png", title=f"epoch {trainer.current_epoch}: precision / recall (IoU 0.5)")
+                path = plot_pr_curves(
+                    curves, Path(tmp) / "pr.png", title=f"epoch {trainer.current_epoch}: precision / recall (IoU 0.5)"
+                )
                 payload["val/pr_curves"] = wandb.Image(np.asarray(Image.open(path).convert("RGB")))
             xs, ys = pr_curve_series(curves)
             payload["val/pr_curve"] = wandb.plot.line_series(
-                xs=xs, ys=ys, keys=[f"{name} (AP {c['ap']:.3f})" for name, c in curves.items()],
-                title=f"precision / recall (VOC, IoU 0.5), epoch {trainer.current_epoch}", xname="recall")
+                xs=xs,
+                ys=ys,
+                keys=[f"{name} (AP {c['ap']:.3f})" for name, c in curves.items()],
+                title=f"precision / recall (VOC, IoU 0.5), epoch {trainer.current_epoch}",
+                xname="recall",
+            )
         for logger in loggers:
             logger.experiment.log({**payload, "trainer/global_step": trainer.global_step})
         self._items = []

@@ -30,16 +30,27 @@ from datamodules.palette import save_palette_png, voc_palette
 from models.callbacks import instance_label_map
 from models.segmentation.io import overlay_mask
 
-__all__ = ["RESULTS_FILE", "LABEL_MAP_DIR", "rescale_prediction", "coco_results", "draw_detections", "draw_semantic",
-           "save_rgb", "save_label_map", "write_json", "PredictionWriter"]
+__all__ = [
+    "RESULTS_FILE",
+    "LABEL_MAP_DIR",
+    "rescale_prediction",
+    "coco_results",
+    "draw_detections",
+    "draw_semantic",
+    "save_rgb",
+    "save_label_map",
+    "write_json",
+    "PredictionWriter",
+]
 
 RESULTS_FILE = "coco_instances_results.json"
 LABEL_MAP_DIR = "label_maps"
 _COLOURS = np.asarray(voc_palette(256), np.uint8).reshape(256, 3)
 
 
-def rescale_prediction(pred: Mapping[str, Tensor], size: tuple[int, int],
-                       orig_size: tuple[int, int]) -> dict[str, Tensor]:
+def rescale_prediction(
+    pred: Mapping[str, Tensor], size: tuple[int, int], orig_size: tuple[int, int]
+) -> dict[str, Tensor]:
     """Boxes (and mask probabilities) of an image of ``size`` (H, W) mapped to ``orig_size`` (a resize)."""
     out = {k: v.detach().cpu() for k, v in pred.items() if torch.is_tensor(v)}
     if tuple(size) == tuple(orig_size):
@@ -49,8 +60,9 @@ def rescale_prediction(pred: Mapping[str, Tensor], size: tuple[int, int],
     if "masks" in out and len(out["masks"]):
         masks = out["masks"].float()
         masks = masks if masks.ndim == 4 else masks[:, None]
-        out["masks"] = torch.nn.functional.interpolate(masks, size=tuple(orig_size), mode="bilinear",
-                                                       align_corners=False)
+        out["masks"] = torch.nn.functional.interpolate(
+            masks, size=tuple(orig_size), mode="bilinear", align_corners=False
+        )
     return out
 
 
@@ -62,8 +74,12 @@ def _category(label: int, label_to_category_id: Mapping[int, int] | None) -> int
     return int(label_to_category_id[label])
 
 
-def coco_results(pred: Mapping[str, Tensor], image_id: int, label_to_category_id: Mapping[int, int] | None = None,
-                 mask_threshold: float = 0.5) -> list[dict[str, Any]]:
+def coco_results(
+    pred: Mapping[str, Tensor],
+    image_id: int,
+    label_to_category_id: Mapping[int, int] | None = None,
+    mask_threshold: float = 0.5,
+) -> list[dict[str, Any]]:
     """COCO result entries of one image's ``{boxes xyxy, labels, scores[, masks]}``."""
     boxes = pred["boxes"].detach().cpu().double().reshape(-1, 4).tolist()
     labels = pred["labels"].detach().cpu().tolist()
@@ -78,13 +94,17 @@ def coco_results(pred: Mapping[str, Tensor], image_id: int, label_to_category_id
         with warnings.catch_warnings():  # pycocotools' numpy-2 DeprecationWarning
             warnings.simplefilter("ignore", DeprecationWarning)
             encoded = mask_utils.encode(binary) if len(boxes) else []
-        rles = [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")}
-                for r in encoded]
+        rles = [
+            {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded
+        ]
     out = []
     for k, ((x1, y1, x2, y2), label, score) in enumerate(zip(boxes, labels, scores)):
-        entry: dict[str, Any] = {"image_id": int(image_id), "category_id": _category(int(label), label_to_category_id),
-                                 "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                                 "score": round(float(score), 5)}
+        entry: dict[str, Any] = {
+            "image_id": int(image_id),
+            "category_id": _category(int(label), label_to_category_id),
+            "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+            "score": round(float(score), 5),
+        }
         if rles is not None:
             entry["segmentation"] = rles[k]
         out.append(entry)
@@ -97,8 +117,13 @@ def _as_uint8(image: np.ndarray | Tensor) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=np.uint8)
 
 
-def draw_detections(image: np.ndarray | Tensor, pred: Mapping[str, Tensor], class_names: Sequence[str],
-                    score_threshold: float = 0.3, mask_threshold: float = 0.5) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray | Tensor,
+    pred: Mapping[str, Tensor],
+    class_names: Sequence[str],
+    score_threshold: float = 0.3,
+    mask_threshold: float = 0.5,
+) -> np.ndarray:
     """``image`` (H x W x 3 uint8 or a 3 x H x W [0, 1] tensor) with the boxes scoring at least
     ``score_threshold`` drawn, each captioned ``<class> <score>``, and their masks blended in."""
     import cv2
@@ -107,8 +132,9 @@ def draw_detections(image: np.ndarray | Tensor, pred: Mapping[str, Tensor], clas
     keep = pred["scores"].detach().cpu() >= score_threshold
     boxes, labels, scores = (pred[k].detach().cpu()[keep] for k in ("boxes", "labels", "scores"))
     if "masks" in pred and keep.any():
-        canvas = overlay_mask(canvas, instance_label_map(pred["masks"].detach().cpu()[keep], labels, canvas.shape[:2],
-                                                         mask_threshold))
+        canvas = overlay_mask(
+            canvas, instance_label_map(pred["masks"].detach().cpu()[keep], labels, canvas.shape[:2], mask_threshold)
+        )
     thickness = max(1, round(min(canvas.shape[:2]) / 300))
     scale = max(0.35, min(canvas.shape[:2]) / 900)
     for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
@@ -214,12 +240,19 @@ class PredictionWriter(pl.Callback):
         if self._indices is None:
             sampler = getattr(loader, "sampler", None)
             self._indices = [int(i) for i in sampler] if sampler is not None else list(range(len(records)))
-        picked = [records[i] for i in self._indices[self._seen:self._seen + n]]
+        picked = [records[i] for i in self._indices[self._seen : self._seen + n]]
         self._seen += n
         return picked
 
-    def _handle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, stage: str,
-                dataloader_idx: int) -> None:
+    def _handle(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        stage: str,
+        dataloader_idx: int,
+    ) -> None:
         if outputs is None:
             return
         images, targets = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (batch, None)
@@ -251,15 +284,31 @@ class PredictionWriter(pl.Callback):
             self._results += coco_results(scaled, int(image_id), mapping, self.mask_threshold)
             if stage == "predict":
                 stem = Path(target.get("file_name", f"{int(image_id):06d}")).stem
-                save_rgb(out / f"{stem}.jpg", draw_detections(images[k], pred, names, self.score_threshold,
-                                                              self.mask_threshold))
+                save_rgb(
+                    out / f"{stem}.jpg",
+                    draw_detections(images[k], pred, names, self.score_threshold, self.mask_threshold),
+                )
 
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._handle(trainer, pl_module, outputs, batch, "test", dataloader_idx)
 
-    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._handle(trainer, pl_module, outputs, batch, "predict", dataloader_idx)
 
     # -- at the end -----------------------------------------------------------------------------------

@@ -28,22 +28,32 @@ class RegisteredModel:
     name: str
     cls: type
     family: str
-    task: str  # "detection" | "semantic" | "instance"
+
+    @property
+    def task(self) -> str:
+        """``detection`` | ``semantic`` | ``instance``: the class's own ``task`` (set by its base in models/base.py)."""
+        return self.cls.task
 
 
 _REGISTRY: dict[str, RegisteredModel] = {}
 
 
-def register_model(name: str, family: str, task: str = "detection") -> Callable[[T], T]:
-    """Class decorator adding a LightningModule to the registry under ``name``."""
+def register_model(name: str, family: str) -> Callable[[T], T]:
+    """Class decorator adding a LightningModule to the registry under ``name``; its task is the class's ``task``."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
     def wrap(cls: T) -> T:
+        own = getattr(cls, "task", "")
+        if not own:
+            raise TypeError(
+                f"{cls.__qualname__} has no task: extend DetectionModule, InstanceSegmentationModule or "
+                "SemanticSegmentationModule (models/base.py), which set it"
+            )
         existing = _REGISTRY.get(name)
         if existing is not None and existing.cls is not cls:
             raise ValueError(f"model name {name!r} already registered by {existing.cls.__qualname__}")
-        _REGISTRY[name] = RegisteredModel(name=name, cls=cls, family=family, task=task)
+        _REGISTRY[name] = RegisteredModel(name=name, cls=cls, family=family)
         cls.registry_name = name
         return cls
 

@@ -32,8 +32,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-TM_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-           "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
+TM_KEYS = (
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
 
 
 def make_case(n_images: int, n_classes: int, max_dets: int, seed: int = 0) -> tuple[dict, list[dict]]:
@@ -48,19 +60,37 @@ def make_case(n_images: int, n_classes: int, max_dets: int, seed: int = 0) -> tu
             w, h = float(rng.uniform(4, 300)), float(rng.uniform(4, 250))
             x, y = float(rng.uniform(0, 640 - w)), float(rng.uniform(0, 480 - h))
             c = int(rng.integers(1, n_classes + 1))
-            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": c, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": int(rng.random() < 0.01)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": im["id"],
+                    "category_id": c,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": int(rng.random() < 0.01),
+                }
+            )
             if n_det > 0 and rng.random() < 0.8:
                 j = rng.normal(0, 0.08, 4) * [w, h, w, h]
-                dts.append({"image_id": im["id"], "category_id": c,
-                            "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
-                            "score": float(np.round(rng.random(), 3))})
+                dts.append(
+                    {
+                        "image_id": im["id"],
+                        "category_id": c,
+                        "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
+                        "score": float(np.round(rng.random(), 3)),
+                    }
+                )
                 n_det -= 1
         for _ in range(n_det):
             w, h = float(rng.uniform(4, 300)), float(rng.uniform(4, 250))
-            dts.append({"image_id": im["id"], "category_id": int(rng.integers(1, n_classes + 1)),
-                        "bbox": [float(rng.uniform(0, 640 - w)), float(rng.uniform(0, 480 - h)), w, h],
-                        "score": float(np.round(rng.random(), 3))})
+            dts.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": int(rng.integers(1, n_classes + 1)),
+                    "bbox": [float(rng.uniform(0, 640 - w)), float(rng.uniform(0, 480 - h)), w, h],
+                    "score": float(np.round(rng.random(), 3)),
+                }
+            )
     return {"images": images, "categories": cats, "annotations": anns}, dts
 
 
@@ -82,11 +112,22 @@ def to_torch(gt: dict, dt: list[dict]) -> tuple[list[dict], list[dict]]:
     preds, targets = [], []
     for i in range(n):
         a, b = dsplit[i], dsplit[i + 1]
-        preds.append({"boxes": torch.from_numpy(db[a:b]), "scores": torch.from_numpy(ds[a:b]),
-                      "labels": torch.from_numpy(dl[a:b])})
+        preds.append(
+            {
+                "boxes": torch.from_numpy(db[a:b]),
+                "scores": torch.from_numpy(ds[a:b]),
+                "labels": torch.from_numpy(dl[a:b]),
+            }
+        )
         a, b = gsplit[i], gsplit[i + 1]
-        targets.append({"boxes": torch.from_numpy(gb[a:b]), "labels": torch.from_numpy(gl[a:b]),
-                        "iscrowd": torch.from_numpy(gc[a:b]), "area": torch.from_numpy(ga[a:b])})
+        targets.append(
+            {
+                "boxes": torch.from_numpy(gb[a:b]),
+                "labels": torch.from_numpy(gl[a:b]),
+                "iscrowd": torch.from_numpy(gc[a:b]),
+                "area": torch.from_numpy(ga[a:b]),
+            }
+        )
     return preds, targets
 
 
@@ -156,8 +197,11 @@ def detection_methods(gt: dict, dt: list[dict], preds: list, targets: list) -> l
         ("pycocotools COCOeval (raw)", lambda case: raw_coco("pycocotools", case), private_copy),
         ("faster-coco-eval (raw)", lambda case: raw_coco("faster_coco_eval", case), private_copy),
         ("ours DetectionMetrics(coco)", lambda: ours(preds, targets, ("coco",)), None),
-        ("ours DetectionMetrics(all 4 protocols)", lambda: ours(preds, targets, ("lecture", "voc07", "voc", "coco")),
-         None),
+        (
+            "ours DetectionMetrics(all 4 protocols)",
+            lambda: ours(preds, targets, ("lecture", "voc07", "voc", "coco")),
+            None,
+        ),
         ("torchmetrics MAP backend=faster_coco_eval", lambda: tm_map(preds, targets, "faster_coco_eval"), None),
         ("torchmetrics MAP backend=pycocotools", lambda: tm_map(preds, targets, "pycocotools"), None),
     ]
@@ -165,7 +209,7 @@ def detection_methods(gt: dict, dt: list[dict], preds: list, targets: list) -> l
 
 def batched(preds: list, targets: list, bs: int = 16):
     for i in range(0, len(preds), bs):
-        yield preds[i:i + bs], targets[i:i + bs]
+        yield preds[i : i + bs], targets[i : i + bs]
 
 
 def ours(preds: list, targets: list, protocols: tuple[str, ...]) -> list[float]:
@@ -220,9 +264,11 @@ def seg_bench(n_maps: int, num_classes: int = 21, size: int = 512, bs: int = 8) 
         return float(m.compute())
 
     rows = []
-    for name, fn in (("ours SegmentationMetrics", run_ours),
-                     ("torchmetrics MulticlassJaccardIndex", lambda pool: run_tm(pool, True)),
-                     ("torchmetrics MulticlassJaccardIndex (validate_args=False)", lambda pool: run_tm(pool, False))):
+    for name, fn in (
+        ("ours SegmentationMetrics", run_ours),
+        ("torchmetrics MulticlassJaccardIndex", lambda pool: run_tm(pool, True)),
+        ("torchmetrics MulticlassJaccardIndex (validate_args=False)", lambda pool: run_tm(pool, False)),
+    ):
         rows.append((name, *in_child(fn, make_pool)))
     return rows
 
@@ -243,11 +289,15 @@ def main() -> int:
     import torchmetrics.detection  # noqa: F401
 
     import metrics  # noqa: F401
+
     t0 = time.perf_counter()
     gt, dt = make_case(args.images, args.classes, args.max_dets, args.seed)
     preds, targets = to_torch(gt, dt)
-    print(f"case: {args.images} images, {args.classes} classes, {len(gt['annotations'])} GT, {len(dt)} detections "
-          f"(built in {time.perf_counter() - t0:.1f} s)", flush=True)
+    print(
+        f"case: {args.images} images, {args.classes} classes, {len(gt['annotations'])} GT, {len(dt)} detections "
+        f"(built in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
     methods = detection_methods(gt, dt, preds, targets)
     rows = []
     for name, fn, setup in methods:
@@ -263,15 +313,23 @@ def main() -> int:
     print("| method | seconds | peak MB | max abs dAP vs pycocotools | time / ours(coco) |")
     print("|---|---:|---:|---:|---:|")
     for name, sec, mb, res in rows:
-        diff = (f"{max(abs(a - b) for a, b in zip(res, ref)):.1e}" if isinstance(res, list) and ref is not None
-                else str(res) if not isinstance(res, list) else "n/a")
+        diff = (
+            f"{max(abs(a - b) for a, b in zip(res, ref)):.1e}"
+            if isinstance(res, list) and ref is not None
+            else str(res)
+            if not isinstance(res, list)
+            else "n/a"
+        )
         ratio = f"{sec / t_ours:.2f}x" if t_ours else "n/a"
         print(f"| {name} | {sec:.2f} | {mb:.0f} | {diff} | {ratio} |")
     if t_ours:
         tp = t_of.get("torchmetrics MAP backend=pycocotools")
         tf = t_of.get("faster-coco-eval (raw)")
         if tp:
-            print(f"\nspeed-up of ours(coco) over torchmetrics MAP (pycocotools backend): {tp / t_ours:.1f}x (target >= 5x)")
+            print(
+                f"\nspeed-up of ours(coco) over torchmetrics MAP (pycocotools backend): {tp / t_ours:.1f}x "
+                "(target >= 5x)"
+            )
         if tf:
             print(f"ours(coco) time / raw faster-coco-eval time: {t_ours / tf:.2f} (target <= 1.5)")
     if args.seg_maps > 0:

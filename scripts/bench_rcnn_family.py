@@ -54,7 +54,7 @@ from models.detection.fast_rcnn import truncate_fc_layers  # noqa: E402
 from models.detection.rcnn import warp_regions  # noqa: E402
 from models.parts.box_coding import BoxCoder  # noqa: E402
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, normalize  # noqa: E402
-from models.parts.roi_heads import FastRCNNHead, RoIPool, postprocess_detections  # noqa: E402
+from models.parts.roi_heads import FastRCNNHead, RoIPooler, postprocess_detections  # noqa: E402
 from models.parts.selective_search import SelectiveSearch  # noqa: E402
 
 MODELS = ("rcnn", "fast_rcnn", "fast_rcnn_svd", "faster_rcnn")
@@ -64,13 +64,23 @@ STAGES = ("proposal_s", "transform_s", "conv_s", "head_s", "nms_s")
 #: experiments/compare/published.yaml and the project's reference list.
 PUBLISHED: dict[str, dict[str, Any]] = {
     "rcnn": {"without": 47.0, "source": "Fast R-CNN Table 4 (R-CNN, VGG16)"},
-    "fast_rcnn": {"without": 0.32, "with": 1.83, "proposal": 1.51, "conv": 0.146, "region": 0.174,
-                  "source": "Fast R-CNN Table 4 (0.32 s); Faster R-CNN timing table 'VGG SS + Fast R-CNN' "
-                            "(1.83 s = SS 1.51 + conv 0.146 + region-wise 0.174)"},
+    "fast_rcnn": {
+        "without": 0.32,
+        "with": 1.83,
+        "proposal": 1.51,
+        "conv": 0.146,
+        "region": 0.174,
+        "source": "Fast R-CNN Table 4 (0.32 s); Faster R-CNN timing table 'VGG SS + Fast R-CNN' "
+        "(1.83 s = SS 1.51 + conv 0.146 + region-wise 0.174)",
+    },
     "fast_rcnn_svd": {"without": 0.22, "source": "Fast R-CNN Table 4 (truncated SVD); Fig. 2: 320 -> 223 ms"},
-    "faster_rcnn": {"with": 0.198, "proposal": 0.010, "conv": 0.141, "region": 0.047,
-                    "source": "Faster R-CNN timing table 'VGG RPN + Fast R-CNN' "
-                              "(conv 141 + RPN 10 + region-wise 47 ms)"},
+    "faster_rcnn": {
+        "with": 0.198,
+        "proposal": 0.010,
+        "conv": 0.141,
+        "region": 0.047,
+        "source": "Faster R-CNN timing table 'VGG RPN + Fast R-CNN' (conv 141 + RPN 10 + region-wise 47 ms)",
+    },
 }
 
 
@@ -115,8 +125,9 @@ class PaperScaleConfig:
 
 
 # ------------------------------------------------------------------------------------------- images
-def generated_images(num: int, width: int = 500, height: int = 375, seed: int = 0,
-                     tiles: tuple[int, int] = (8, 6)) -> list[Tensor]:
+def generated_images(
+    num: int, width: int = 500, height: int = 375, seed: int = 0, tiles: tuple[int, int] = (8, 6)
+) -> list[Tensor]:
     """``num`` generated ``width`` x ``height`` images (VOC's typical 500 x 375), 3 x H x W float in [0, 1]: each a
     mosaic of ``tiles`` = (columns, rows) scenes of the embedded shapes generator, cropped to size. One 500 px
     scene has flat backgrounds and gives Selective Search only ~150-400 boxes; the clutter of 8 x 6 scenes of
@@ -129,7 +140,7 @@ def generated_images(num: int, width: int = 500, height: int = 375, seed: int = 
         for r in range(rows):
             for c in range(cols):
                 scene = render_image(seed, "val", (i * rows + r) * cols + c, size=tile).image
-                mosaic[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = scene
+                mosaic[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = scene
         rgb = np.ascontiguousarray(mosaic[:height, :width])
         out.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0)
     return out
@@ -159,7 +170,7 @@ class PaperNetworks(nn.Module):
         classes = cfg.num_classes + 1
         self.conv = vgg.features[:30]  # conv1_1 ... conv5_3 + ReLU: stride 16, 512 channels
         self.pool5 = nn.Sequential(vgg.features[30], vgg.avgpool)  # R-CNN: 7 x 7 x 512 per 224 px warp
-        self.head = FastRCNNHead(512, classes, RoIPool(7, 1.0 / 16, "pool"), representation_size=4096)
+        self.head = FastRCNNHead(512, classes, RoIPooler(7, 1.0 / 16, "pool"), representation_size=4096)
         self.head.fc_layers.fc6, self.head.fc_layers.fc7 = vgg.classifier[0], vgg.classifier[3]  # VGG16's own
         # R-CNN: class scores on fc7 (the SVMs are one linear map too), box regression on pool5 (Appendix C).
         self.rcnn_scores = nn.Linear(4096, classes)
@@ -167,8 +178,15 @@ class PaperNetworks(nn.Module):
         self.svd_head = self._svd_head(cfg) if cfg.svd_ranks else None
         anchors = AnchorGenerator(((128, 256, 512),), ((0.5, 1.0, 2.0),))  # Faster R-CNN Sec. 3.1.1: 9 anchors
         self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(512, anchors.num_anchors_per_location()[0]), 0.7, 0.3, 256, 0.5,
-            dict(training=12000, testing=cfg.rpn_pre_nms), dict(training=2000, testing=cfg.rpn_proposals), 0.7,
+            anchors,
+            RPNHead(512, anchors.num_anchors_per_location()[0]),
+            0.7,
+            0.3,
+            256,
+            0.5,
+            dict(training=12000, testing=cfg.rpn_pre_nms),
+            dict(training=2000, testing=cfg.rpn_proposals),
+            0.7,
         )
         self.transform = GeneralizedRCNNTransform(cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD)
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
@@ -182,8 +200,11 @@ class PaperNetworks(nn.Module):
             raise ValueError(f"svd_init must be 'random' or 'exact', got {cfg.svd_init!r}")
         for name, rank in (("fc6", fc6_rank), ("fc7", fc7_rank)):
             full = getattr(head.fc_layers, name)
-            setattr(head.fc_layers, name, nn.Sequential(nn.Linear(full.in_features, rank, bias=False),
-                                                         nn.Linear(rank, full.out_features)))
+            setattr(
+                head.fc_layers,
+                name,
+                nn.Sequential(nn.Linear(full.in_features, rank, bias=False), nn.Linear(rank, full.out_features)),
+            )
         return head
 
     def rcnn_conv(self, crops: Tensor) -> Tensor:
@@ -217,8 +238,9 @@ def count_flops(fn: Callable[..., Any], *args: Any) -> float:
     return float(counter.get_total_flops())
 
 
-def _decode(net: PaperNetworks, logits: Tensor, deltas: Tensor, boxes: Tensor, size: tuple[int, int],
-            cfg: PaperScaleConfig) -> dict[str, Tensor]:
+def _decode(
+    net: PaperNetworks, logits: Tensor, deltas: Tensor, boxes: Tensor, size: tuple[int, int], cfg: PaperScaleConfig
+) -> dict[str, Tensor]:
     scores = logits.softmax(-1)
     return postprocess_detections(scores, deltas, boxes, size, net.box_coder, cfg.score_thresh, cfg.nms_thresh)
 
@@ -233,8 +255,9 @@ class _Bench:
         self._image_flops: dict[tuple[int, ...], dict[str, float]] = {}
         self.region_flops: dict[str, float] = {}
 
-    def count_region_flops(self, normed: Tensor, boxes: Tensor, features: Tensor | None = None,
-                           rois: Tensor | None = None) -> None:
+    def count_region_flops(
+        self, normed: Tensor, boxes: Tensor, features: Tensor | None = None, rois: Tensor | None = None
+    ) -> None:
         """Per-region FLOPs of R-CNN's network (on the normalised image) or, given conv5_3 ``features`` and the
         resized ``rois``, of the two RoI heads: counted on ``flop_sample`` regions and divided (also a warm-up)."""
         net, k = self.net, max(1, self.cfg.flop_sample)
@@ -277,18 +300,32 @@ class _Bench:
         for name, head in heads:
             (logits, deltas), head_s = clock(head, features, [rois])
             _, nms_s = clock(_decode, net, logits, deltas, rois, size, cfg)
-            self.per_image[name].append({
-                **shared, "proposal_s": ss_s, "head_s": head_s, "nms_s": nms_s, "num_proposals": len(rois),
-                "regions_run": len(rois), "gflops": (flops["conv"] + self.region_flops[name] * len(rois)) / 1e9,
-            })
+            self.per_image[name].append(
+                {
+                    **shared,
+                    "proposal_s": ss_s,
+                    "head_s": head_s,
+                    "nms_s": nms_s,
+                    "num_proposals": len(rois),
+                    "regions_run": len(rois),
+                    "gflops": (flops["conv"] + self.region_flops[name] * len(rois)) / 1e9,
+                }
+            )
         proposals, rpn_s = clock(lambda: net.rpn(image_list, {"0": features})[0][0])
         (logits, deltas), head_s = clock(net.head, features, [proposals])
         _, nms_s = clock(_decode, net, logits, deltas, proposals, size, cfg)
         gflops = (flops["conv"] + flops["rpn"] + self.region_flops["fast_rcnn"] * len(proposals)) / 1e9
-        self.per_image["faster_rcnn"].append({
-            **shared, "proposal_s": rpn_s, "head_s": head_s, "nms_s": nms_s, "num_proposals": len(proposals),
-            "regions_run": len(proposals), "gflops": gflops,
-        })
+        self.per_image["faster_rcnn"].append(
+            {
+                **shared,
+                "proposal_s": rpn_s,
+                "head_s": head_s,
+                "nms_s": nms_s,
+                "num_proposals": len(proposals),
+                "regions_run": len(proposals),
+                "gflops": gflops,
+            }
+        )
 
     def _transform(self, image: Tensor, boxes: Tensor) -> tuple[ImageList, Tensor]:
         image_list = self.net.transform([image])[0]
@@ -321,10 +358,15 @@ class _Bench:
         index = torch.arange(n, device=boxes.device) % run
         all_logits, all_deltas = torch.cat(logits)[index], torch.cat(deltas)[index]
         _, times["nms_s"] = clock(_decode, net, all_logits, all_deltas, boxes, tuple(image.shape[-2:]), cfg)
-        self.per_image["rcnn"].append({
-            **times, "proposal_s": ss_s, "num_proposals": n, "regions_run": run,
-            "gflops": self.region_flops["rcnn"] * n / 1e9,
-        })
+        self.per_image["rcnn"].append(
+            {
+                **times,
+                "proposal_s": ss_s,
+                "num_proposals": n,
+                "regions_run": run,
+                "gflops": self.region_flops["rcnn"] * n / 1e9,
+            }
+        )
 
 
 # ------------------------------------------------------------------------------------------- table
@@ -333,8 +375,12 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _rows(bench: _Bench, cfg: PaperScaleConfig, device: torch.device) -> list[dict[str, Any]]:
-    names = {"rcnn": "R-CNN", "fast_rcnn": "Fast R-CNN", "fast_rcnn_svd": "Fast R-CNN + SVD",
-             "faster_rcnn": "Faster R-CNN"}
+    names = {
+        "rcnn": "R-CNN",
+        "fast_rcnn": "Fast R-CNN",
+        "fast_rcnn_svd": "Fast R-CNN + SVD",
+        "faster_rcnn": "Faster R-CNN",
+    }
     rows = []
     for model in MODELS:
         images = bench.per_image.get(model)
@@ -374,12 +420,22 @@ def _fmt(value: Any) -> str:
 
 def _markdown(rows: list[dict[str, Any]], cfg: PaperScaleConfig, sizes: list[tuple[int, int]], source: str) -> str:
     by = {r["model"]: r for r in rows}
-    cols = [("name", "model"), ("proposal_method", "proposals"), ("proposals_cell", "boxes / image"),
-            ("proposal_s", "proposals s"), ("transform_s", "resize / warp s"), ("conv_s", "conv s"),
-            ("head_s", "region-wise s"), ("nms_s", "NMS s"), ("total_s", "s / image"),
-            ("without_proposals_s", "s / image without proposals"), ("gflops", "GFLOPs"),
-            ("network_gflop_per_s", "network GFLOP/s"), ("published_with_s", "published s / image"),
-            ("published_without_s", "published without proposals")]
+    cols = [
+        ("name", "model"),
+        ("proposal_method", "proposals"),
+        ("proposals_cell", "boxes / image"),
+        ("proposal_s", "proposals s"),
+        ("transform_s", "resize / warp s"),
+        ("conv_s", "conv s"),
+        ("head_s", "region-wise s"),
+        ("nms_s", "NMS s"),
+        ("total_s", "s / image"),
+        ("without_proposals_s", "s / image without proposals"),
+        ("gflops", "GFLOPs"),
+        ("network_gflop_per_s", "network GFLOP/s"),
+        ("published_with_s", "published s / image"),
+        ("published_without_s", "published without proposals"),
+    ]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         cell = f"{r['num_proposals']:,.0f}"
@@ -400,18 +456,23 @@ def _markdown(rows: list[dict[str, Any]], cfg: PaperScaleConfig, sizes: list[tup
     ]
     rc = by.get("rcnn")
     if rc and rc["scaled"]:
-        notes.append(f"R-CNN ran the first {rc['regions_run']:.0f} boxes of each image in batches of {cfg.rcnn_batch}; "
-                     "its warp, conv and region-wise times are scaled to the full box count.")
-    notes.append("Fast R-CNN, its SVD row and Faster R-CNN share one measured resize + conv5_3 pass per image (the "
-                 "same computation); Faster R-CNN's proposals column is its RPN. GFLOPs: torch's FlopCounterMode "
-                 "(convolutions and matrix products); per-region parts counted on a few regions and multiplied.")
+        notes.append(
+            f"R-CNN ran the first {rc['regions_run']:.0f} boxes of each image in batches of {cfg.rcnn_batch}; "
+            "its warp, conv and region-wise times are scaled to the full box count."
+        )
+    notes.append(
+        "Fast R-CNN, its SVD row and Faster R-CNN share one measured resize + conv5_3 pass per image (the "
+        "same computation); Faster R-CNN's proposals column is its RPN. GFLOPs: torch's FlopCounterMode "
+        "(convolutions and matrix products); per-region parts counted on a few regions and multiplied."
+    )
     fast, svd, faster = by.get("fast_rcnn"), by.get("fast_rcnn_svd"), by.get("faster_rcnn")
     if rc and fast:
         notes.append(
             f"- R-CNN / Fast R-CNN without proposals: {rc['without_proposals_s'] / fast['without_proposals_s']:.0f}x "
             f"(papers: 47 / 0.32 = 146x); in arithmetic {rc['gflops'] / fast['gflops']:.0f}x "
             f"({rc['gflops_per_region']:.1f} GFLOPs per warped region x {rc['num_proposals']:,.0f} regions against "
-            f"{fast['gflops']:,.0f} GFLOPs for one conv5_3 pass and the RoI head).")
+            f"{fast['gflops']:,.0f} GFLOPs for one conv5_3 pass and the RoI head)."
+        )
     if fast and faster:
         notes.append(
             f"- Fast R-CNN with Selective Search / Faster R-CNN: {fast['total_s'] / faster['total_s']:.1f}x "
@@ -419,13 +480,15 @@ def _markdown(rows: list[dict[str, Any]], cfg: PaperScaleConfig, sizes: list[tup
             f"{_fmt(fast['proposal_s'])} s, conv5_3 {_fmt(fast['conv_s'])} s and the head on "
             f"{fast['num_proposals']:,.0f} RoIs {_fmt(fast['head_s'])} s (K40: 1.51 / 0.146 / 0.174 s); Faster "
             f"R-CNN's RPN {_fmt(faster['proposal_s'])} s and head on {faster['num_proposals']:.0f} RoIs "
-            f"{_fmt(faster['head_s'])} s (K40: 0.010 / 0.047 s).")
+            f"{_fmt(faster['head_s'])} s (K40: 0.010 / 0.047 s)."
+        )
     if fast and svd:
         notes.append(
             f"- Truncated SVD (fc6 rank {cfg.svd_ranks[0]}, fc7 rank {cfg.svd_ranks[1]}): region-wise "
             f"{fast['head_s'] / svd['head_s']:.1f}x faster, "
             f"{fast['without_proposals_s'] / svd['without_proposals_s']:.2f}x "
-            f"overall without proposals (paper: 0.32 -> 0.22 s, 1.45x).")
+            f"overall without proposals (paper: 0.32 -> 0.22 s, 1.45x)."
+        )
     return "\n".join(lines + notes)
 
 
@@ -486,10 +549,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     images = load_images(args.images, args.num_images) if args.images else None
     tiles = tuple(int(v) for v in args.tiles.lower().split("x"))
     rows, markdown = paper_scale_table(
-        images, args.num_images, args.device, tiles=tiles, max_proposals=args.max_proposals,
+        images,
+        args.num_images,
+        args.device,
+        tiles=tiles,
+        max_proposals=args.max_proposals,
         proposal_mode=args.proposal_mode,
-        rcnn_regions=args.rcnn_regions or None, rcnn_batch=args.rcnn_batch, rpn_proposals=args.rpn_proposals,
-        min_size=args.min_size, max_size=args.max_size, svd_ranks=None if args.no_svd else (1024, 256),
+        rcnn_regions=args.rcnn_regions or None,
+        rcnn_batch=args.rcnn_batch,
+        rpn_proposals=args.rpn_proposals,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        svd_ranks=None if args.no_svd else (1024, 256),
         svd_init=args.svd_init,
     )
     markdown += f"\n\nWall time of the whole table: {time.perf_counter() - start:.0f} s."

@@ -43,8 +43,9 @@ def _per_boundary_sync() -> None:
         torch.cuda.synchronize()
 
 
-def bench(model: torch.nn.Module, images: list[torch.Tensor], rounds: int, warmup: int,
-          legacy: bool = False) -> dict[str, float]:
+def bench(
+    model: torch.nn.Module, images: list[torch.Tensor], rounds: int, warmup: int, legacy: bool = False
+) -> dict[str, float]:
     """Median latency (ms) with the stage timer off, on, and (``legacy``) on with the old per-boundary
     CUDA query, over ``rounds`` alternating rounds."""
     from unittest import mock
@@ -56,12 +57,18 @@ def bench(model: torch.nn.Module, images: list[torch.Tensor], rounds: int, warmu
     measure_latency(model, inputs, warmup=warmup, distinct=True, batch_size=1)
     for _ in range(rounds):
         times["off"].append(measure_latency(model, inputs, warmup=0, distinct=True, batch_size=1)["median_ms"])
-        times["on"].append(measure_latency(model, inputs, warmup=0, distinct=True, batch_size=1,
-                                           stage_timer=model.stage_timer)["median_ms"])
+        times["on"].append(
+            measure_latency(model, inputs, warmup=0, distinct=True, batch_size=1, stage_timer=model.stage_timer)[
+                "median_ms"
+            ]
+        )
         if legacy:
             with mock.patch("models.parts.timing.choose_sync", lambda device=None: _per_boundary_sync):
-                times["legacy"].append(measure_latency(model, inputs, warmup=0, distinct=True, batch_size=1,
-                                                       stage_timer=model.stage_timer)["median_ms"])
+                times["legacy"].append(
+                    measure_latency(
+                        model, inputs, warmup=0, distinct=True, batch_size=1, stage_timer=model.stage_timer
+                    )["median_ms"]
+                )
     return {k: statistics.median(v) for k, v in times.items() if v}
 
 

@@ -109,8 +109,14 @@ def _legacy_key(self: Any) -> str:
 
     from models.parts.selective_search import CACHE_VERSION
 
-    params = {"mode": self.mode, "base_k": self.base_k, "inc_k": self.inc_k, "sigma": self.sigma,
-              "opencv": cv2.__version__, "version": CACHE_VERSION}
+    params = {
+        "mode": self.mode,
+        "base_k": self.base_k,
+        "inc_k": self.inc_k,
+        "sigma": self.sigma,
+        "opencv": cv2.__version__,
+        "version": CACHE_VERSION,
+    }
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,7 +124,8 @@ def use_legacy_lookup(model: Any) -> None:
     search = model.selective_search
     search._legacy_key = types.MethodType(_legacy_key, search)
     search._path = types.MethodType(
-        lambda self, digest: self.cache_dir / self._legacy_key() / digest[:2] / f"{digest}.npy", search)
+        lambda self, digest: self.cache_dir / self._legacy_key() / digest[:2] / f"{digest}.npy", search
+    )
     search.raw_boxes = types.MethodType(legacy_raw_boxes, search)
 
 
@@ -128,26 +135,38 @@ Variant = tuple[str, dict[str, Any], Callable[[Any], None] | None]
 
 def variants(kind: str) -> list[Variant]:
     if kind == "workers":
-        return [("num_workers=2", {"data.init_args.num_workers": 2, "data.init_args.persistent_workers": True}, None),
-                ("num_workers=0", {"data.init_args.num_workers": 0, "data.init_args.persistent_workers": False}, None)]
+        return [
+            ("num_workers=2", {"data.init_args.num_workers": 2, "data.init_args.persistent_workers": True}, None),
+            ("num_workers=0", {"data.init_args.num_workers": 0, "data.init_args.persistent_workers": False}, None),
+        ]
     if kind == "ss":
         workers0 = {"data.init_args.num_workers": 0, "data.init_args.persistent_workers": False}
         return [("ss-old", workers0, lambda cli: use_legacy_lookup(cli.model)), ("ss-new", workers0, None)]
     if kind == "val":
-        return [("val-every-epoch", {"trainer.limit_val_batches": 1.0, "trainer.check_val_every_n_epoch": 1}, None),
-                ("no-val (comparison)", {"trainer.limit_val_batches": 0, "trainer.check_val_every_n_epoch": 1}, None)]
+        return [
+            ("val-every-epoch", {"trainer.limit_val_batches": 1.0, "trainer.check_val_every_n_epoch": 1}, None),
+            ("no-val (comparison)", {"trainer.limit_val_batches": 0, "trainer.check_val_every_n_epoch": 1}, None),
+        ]
     raise SystemExit(f"unknown --variants {kind!r}")
 
 
-def run_once(config: Path, overrides: dict[str, Any], patch: Callable[[Any], None] | None, steps: int,
-             warmup: int, epochs: int | None, seed: int) -> dict[str, float]:
+def run_once(
+    config: Path,
+    overrides: dict[str, Any],
+    patch: Callable[[Any], None] | None,
+    steps: int,
+    warmup: int,
+    epochs: int | None,
+    seed: int,
+) -> dict[str, float]:
     from comparison.spec import Entry
     from comparison.training import build
 
     if epochs:  # one epoch cut to the timed batches, then (or not) its validation
         overrides = {**overrides, "trainer.limit_train_batches": warmup + steps}
-    entry = Entry(run="bench", config=config, overrides=overrides,
-                  epochs=epochs, max_steps=None if epochs else warmup + steps)
+    entry = Entry(
+        run="bench", config=config, overrides=overrides, epochs=epochs, max_steps=None if epochs else warmup + steps
+    )
     cli = build(entry, {"overrides": {}}, seed, "cpu")
     if patch is not None:
         patch(cli)
@@ -180,20 +199,29 @@ def main(argv: list[str] | None = None) -> None:
         for name, overrides, patch in order:
             r = run_once(args.config, {**common, **overrides}, patch, args.steps, args.warmup, epochs, args.seed)
             results[name].append(r)
-            print(f"[repeat {repeat + 1}/{args.repeats}] {name:22s} {r['steps_per_s']:7.2f} steps/s  "
-                  f"fit {r['fit_s']:7.2f} s  ({r['steps']} steps)", flush=True)
+            print(
+                f"[repeat {repeat + 1}/{args.repeats}] {name:22s} {r['steps_per_s']:7.2f} steps/s  "
+                f"fit {r['fit_s']:7.2f} s  ({r['steps']} steps)",
+                flush=True,
+            )
 
-    print(f"\n{args.config}  variants={args.variants}  repeats={args.repeats}  "
-          f"{'1 epoch' if epochs else f'{args.steps} timed steps after {args.warmup}'}")
+    print(
+        f"\n{args.config}  variants={args.variants}  repeats={args.repeats}  "
+        f"{'1 epoch' if epochs else f'{args.steps} timed steps after {args.warmup}'}"
+    )
     base_name = chosen[0][0]
     for name, _, _ in chosen:
         rate = statistics.median(r["steps_per_s"] for r in results[name])
         fit = statistics.median(r["fit_s"] for r in results[name])
         # per-repeat ratios (paired: measured back to back) and their median
-        paired = statistics.median(r["steps_per_s"] / b["steps_per_s"] for r, b in zip(results[name], results[base_name]))
+        paired = statistics.median(
+            r["steps_per_s"] / b["steps_per_s"] for r, b in zip(results[name], results[base_name])
+        )
         paired_fit = statistics.median(b["fit_s"] / r["fit_s"] for r, b in zip(results[name], results[base_name]))
-        print(f"  {name:22s} {rate:7.2f} steps/s  x{paired:.3f} vs {base_name} (steps/s)   "
-              f"fit {fit:7.2f} s  x{paired_fit:.3f} faster (whole fit)")
+        print(
+            f"  {name:22s} {rate:7.2f} steps/s  x{paired:.3f} vs {base_name} (steps/s)   "
+            f"fit {fit:7.2f} s  x{paired_fit:.3f} faster (whole fit)"
+        )
     if args.variants == "val":
         import yaml
 
@@ -204,10 +232,12 @@ def main(argv: list[str] | None = None) -> None:
         val_pass = statistics.median(b["fit_s"] - r["fit_s"] for r, b in zip(no_val, results[base_name]))
         passes = max_epochs // every
         train_s = max_epochs * no_val[0]["epoch_batches"] / statistics.median(r["steps_per_s"] for r in no_val)
-        print(f"  one validation pass ~ {val_pass:.2f} s (paired median); the config's schedule: {max_epochs} epochs "
-              f"of {no_val[0]['epoch_batches']} steps ~ {train_s:.0f} s of training, validation every {every}: "
-              f"{passes} passes ~ {passes * val_pass:.0f} s saved (schedule with validation / without: "
-              f"x{(train_s + passes * val_pass) / train_s:.3f})")
+        print(
+            f"  one validation pass ~ {val_pass:.2f} s (paired median); the config's schedule: {max_epochs} epochs "
+            f"of {no_val[0]['epoch_batches']} steps ~ {train_s:.0f} s of training, validation every {every}: "
+            f"{passes} passes ~ {passes * val_pass:.0f} s saved (schedule with validation / without: "
+            f"x{(train_s + passes * val_pass) / train_s:.3f})"
+        )
 
 
 if __name__ == "__main__":

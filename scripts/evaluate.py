@@ -56,8 +56,9 @@ def _check_box(path: Path, where: str, v: Any) -> None:
 
 
 def _check_segm(path: Path, where: str, v: Any) -> None:
-    ok = (isinstance(v, list) and all(isinstance(p, list) and len(p) >= 6 and all(_number(x) for x in p) for p in v)) or (
-        isinstance(v, dict) and "counts" in v and isinstance(v.get("size"), list) and len(v["size"]) == 2)
+    ok = (
+        isinstance(v, list) and all(isinstance(p, list) and len(p) >= 6 and all(_number(x) for x in p) for p in v)
+    ) or (isinstance(v, dict) and "counts" in v and isinstance(v.get("size"), list) and len(v["size"]) == 2)
     if not ok:
         raise InputError(f"{path}: {where}.segmentation: expected polygons or an RLE dict with 'size' and 'counts'")
 
@@ -110,8 +111,9 @@ def load_detection_inputs(gt_path: Path, dt_path: Path, iou_type: str) -> tuple[
             if not isinstance(a.get(key), int):
                 raise InputError(f"{gt_path}: {where}.{key}: expected an integer, got {a.get(key)!r}")
         if a["id"] in ann_ids:
-            raise InputError(f"{gt_path}: {where}.id: duplicate annotation id {a['id']} "
-                             f"(also annotations[{ann_ids[a['id']]}])")
+            raise InputError(
+                f"{gt_path}: {where}.id: duplicate annotation id {a['id']} (also annotations[{ann_ids[a['id']]}])"
+            )
         ann_ids[a["id"]] = i
         if a["image_id"] not in img_ids:
             raise InputError(f"{gt_path}: {where}.image_id: {a['image_id']} is not in images")
@@ -124,8 +126,11 @@ def load_detection_inputs(gt_path: Path, dt_path: Path, iou_type: str) -> tuple[
             _check_segm(gt_path, where, a.get("segmentation"))
         a.setdefault("iscrowd", 0)
         if "area" not in a:
-            a["area"] = _mask_area(a["segmentation"], gt["images"], a["image_id"]) if iou_type == "segm" \
+            a["area"] = (
+                _mask_area(a["segmentation"], gt["images"], a["image_id"])
+                if iou_type == "segm"
                 else float(a["bbox"][2] * a["bbox"][3])
+            )
     dt = _load_json(dt_path)
     if not isinstance(dt, list):
         raise InputError(f"{dt_path}: expected a JSON list of results")
@@ -168,8 +173,10 @@ def detection_metrics(gt: dict, dt: list[dict], iou_type: str = "bbox") -> dict[
     coco_dt = [{k: v for k, v in d.items() if k != "bbox"} for d in dt] if iou_type == "segm" else dt
     for k, v in coco_evaluate(gt, coco_dt, iou_type).items():
         out[f"{prefix}/{k}"] = v
-    det_boxes = [mask_utils.toBbox(d["segmentation"]).tolist() if iou_type == "segm" and "bbox" not in d
-                 else d["bbox"] for d in dt]
+    det_boxes = [
+        mask_utils.toBbox(d["segmentation"]).tolist() if iou_type == "segm" and "bbox" not in d else d["bbox"]
+        for d in dt
+    ]
 
     images = [im["id"] for im in gt["images"]]
     index = {i: k for k, i in enumerate(images)}
@@ -228,8 +235,11 @@ def semantic_metrics(gt_dir: Path, pred_dir: Path, num_classes: int, ignore_inde
     missing = sorted(gt_files - pred_files)
     extra = sorted(pred_files - gt_files)
     if missing:
-        raise InputError(f"{pred_dir}: missing prediction {missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1
-                         else f"{pred_dir}: missing prediction {missing[0]}")
+        raise InputError(
+            f"{pred_dir}: missing prediction {missing[0]} (and {len(missing) - 1} more)"
+            if len(missing) > 1
+            else f"{pred_dir}: missing prediction {missing[0]}"
+        )
     if extra:
         raise InputError(f"{pred_dir / extra[0]}: prediction without ground truth in {gt_dir}")
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)

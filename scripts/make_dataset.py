@@ -41,8 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def summary(out: Path, seconds: float | None) -> str:
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    lines = [f"shapes dataset at {out} (generator v{meta['generator_version']}, seed {meta['seed']}, "
-             f"{meta['size']}x{meta['size']} px)"]
+    lines = [
+        f"shapes dataset at {out} (generator v{meta['generator_version']}, seed {meta['seed']}, "
+        f"{meta['size']}x{meta['size']} px)"
+    ]
     stats = meta.get("stats", {})
     width = max(len(c) for c in SHAPES_CLASSES)
     for split, s in stats.items():

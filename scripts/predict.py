@@ -100,8 +100,9 @@ def find_images(inputs: Sequence[Path]) -> list[Path]:
     stems = [f.stem for f in found]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise PredictError(f"several inputs are named {dupes[0]!r} (outputs are named by file stem); "
-                           "rename or split them")
+        raise PredictError(
+            f"several inputs are named {dupes[0]!r} (outputs are named by file stem); rename or split them"
+        )
     return found
 
 
@@ -153,15 +154,30 @@ def load_input(path: Path, transform: Any) -> tuple[np.ndarray, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(model: Any, files: Sequence[Path], out: Path, ids: dict[str, int], transform: Any = None,
-            label_to_category_id: dict[int, int] | None = None, score_threshold: float = 0.3, draw: bool = True,
-            progress: bool = True) -> dict[str, Any]:
+def predict(
+    model: Any,
+    files: Sequence[Path],
+    out: Path,
+    ids: dict[str, int],
+    transform: Any = None,
+    label_to_category_id: dict[int, int] | None = None,
+    score_threshold: float = 0.3,
+    draw: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Predict every file and write the outputs into ``out``; returns a summary (what was written)."""
     from tqdm import tqdm
 
     from models.prediction_writer import (
-        LABEL_MAP_DIR, RESULTS_FILE, coco_results, draw_detections, draw_semantic, rescale_prediction, save_label_map,
-        save_rgb, write_json,
+        LABEL_MAP_DIR,
+        RESULTS_FILE,
+        coco_results,
+        draw_detections,
+        draw_semantic,
+        rescale_prediction,
+        save_label_map,
+        save_rgb,
+        write_json,
     )
 
     out.mkdir(parents=True, exist_ok=True)
@@ -201,8 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ckpt", type=Path, required=True, help="a checkpoint of scripts/train.py (or any Trainer)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--model", default=None, help="registry name of the model class, if the checkpoint lacks it")
-    parser.add_argument("--image-ids", type=Path, default=None,
-                        help="COCO JSON whose images give the ids (e.g. image_info_test-dev2017.json)")
+    parser.add_argument(
+        "--image-ids",
+        type=Path,
+        default=None,
+        help="COCO JSON whose images give the ids (e.g. image_info_test-dev2017.json)",
+    )
     parser.add_argument("--label-map", type=Path, default=None, help="label_map.json: label -> COCO category id")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="least score of a drawn box")
     parser.add_argument("--no-draw", action="store_true", help="write only the results / label maps")
@@ -215,13 +235,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ids = image_ids(files, args.image_ids)
         model, checkpoint = load_model(args.ckpt, args.model, device)
         mapping = read_label_map(args.label_map) if args.label_map else checkpoint.get("label_to_category_id")
-        summary = predict(model, files, args.out, ids, eval_transform(checkpoint), mapping, args.score_threshold,
-                          not args.no_draw, not args.no_progress)
+        summary = predict(
+            model,
+            files,
+            args.out,
+            ids,
+            eval_transform(checkpoint),
+            mapping,
+            args.score_threshold,
+            not args.no_draw,
+            not args.no_progress,
+        )
     except PredictError as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 2
-    print(f"predict.py: {summary['images']} image(s) -> {args.out}"
-          + (f" ({summary['detections']} detections in {summary['results']})" if "results" in summary else ""))
+    print(
+        f"predict.py: {summary['images']} image(s) -> {args.out}"
+        + (f" ({summary['detections']} detections in {summary['results']})" if "results" in summary else "")
+    )
     return 0
 
 

@@ -128,32 +128,59 @@ COCO_BASE_URL = "http://images.cocodataset.org"
 DATASETS: dict[str, dict[str, DataSet]] = {
     "voc": {
         "2007-trainval": DataSet(
-            "2007-trainval", (Archive("voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),),
+            "2007-trainval",
+            (Archive("voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),),
             {"trainval_ids": 5011, "trainval_missing_images": 0, "trainval_missing_annotations": 0},
-            _voc_split_counts("2007", "trainval"), "VOC2007 train + val (detection and segmentation)"),
+            _voc_split_counts("2007", "trainval"),
+            "VOC2007 train + val (detection and segmentation)",
+        ),
         "2007-test": DataSet(
-            "2007-test", (Archive("voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f"),),
+            "2007-test",
+            (Archive("voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f"),),
             {"test_ids": 4952, "test_missing_images": 0, "test_missing_annotations": 0},
-            _voc_split_counts("2007", "test"), "VOC2007 test, with annotations"),
+            _voc_split_counts("2007", "test"),
+            "VOC2007 test, with annotations",
+        ),
         "2012-trainval": DataSet(
-            "2012-trainval", (Archive("voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd"),),
-            {"trainval_ids": 11540, "trainval_missing_images": 0, "trainval_missing_annotations": 0,
-             "jpeg_images": 17125},
+            "2012-trainval",
+            (Archive("voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd"),),
+            {
+                "trainval_ids": 11540,
+                "trainval_missing_images": 0,
+                "trainval_missing_annotations": 0,
+                "jpeg_images": 17125,
+            },
             _voc_split_counts("2012", "trainval"),
-            "VOC2012 train + val (its test set is on the evaluation server only)"),
+            "VOC2012 train + val (its test set is on the evaluation server only)",
+        ),
     },
     "coco": {
         "train2017": DataSet(
-            "train2017", (Archive("zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2"),),
-            {"images": 118287}, _folder_count("train2017"), "COCO 2017 training images (18 GiB)"),
+            "train2017",
+            (Archive("zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2"),),
+            {"images": 118287},
+            _folder_count("train2017"),
+            "COCO 2017 training images (18 GiB)",
+        ),
         "val2017": DataSet(
-            "val2017", (Archive("zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80"),),
-            {"images": 5000}, _folder_count("val2017"), "COCO 2017 validation images"),
+            "val2017",
+            (Archive("zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80"),),
+            {"images": 5000},
+            _folder_count("val2017"),
+            "COCO 2017 validation images",
+        ),
         "annotations": DataSet(
-            "annotations", (Archive("annotations/annotations_trainval2017.zip", "f4bbac642086de4f52a3fdda2de5fa2c"),),
-            {"instances_train2017_images": 118287, "instances_train2017_annotations": 860001,
-             "instances_val2017_images": 5000, "instances_val2017_annotations": 36781},
-            _coco_annotation_counts, "COCO 2017 train / val annotations (instances, keypoints, captions)"),
+            "annotations",
+            (Archive("annotations/annotations_trainval2017.zip", "f4bbac642086de4f52a3fdda2de5fa2c"),),
+            {
+                "instances_train2017_images": 118287,
+                "instances_train2017_annotations": 860001,
+                "instances_val2017_images": 5000,
+                "instances_val2017_annotations": 36781,
+            },
+            _coco_annotation_counts,
+            "COCO 2017 train / val annotations (instances, keypoints, captions)",
+        ),
     },
 }
 BASE_URLS = {"voc": VOC_BASE_URL, "coco": COCO_BASE_URL}
@@ -172,8 +199,16 @@ def file_md5(path: Path) -> str:
 def _progress(total: int | None, initial: int, desc: str, enabled: bool):  # noqa: ANN202
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not enabled, leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        leave=False,
+    )
 
 
 def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
@@ -207,8 +242,15 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
             raise http.client.IncompleteRead(b"", total - written)
 
 
-def download(url: str, dest: Path, md5: str | None, retries: int = 3, retry_wait: float = 2.0, timeout: float = 60.0,
-             progress: bool = True) -> str:
+def download(
+    url: str,
+    dest: Path,
+    md5: str | None,
+    retries: int = 3,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> str:
     """Download ``url`` to ``dest`` through ``dest.part`` (resumed where it stopped), check its MD5 and
     rename it; returns the file's MD5. A wrong checksum deletes the part file and raises
     :class:`ChecksumError`; ``dest`` only ever exists complete."""
@@ -224,17 +266,23 @@ def download(url: str, dest: Path, md5: str | None, retries: int = 3, retry_wait
         except (OSError, http.client.HTTPException) as exc:  # URLError, reset connections and time-outs are OSErrors
             if attempt == retries:
                 have = part.stat().st_size if part.exists() else 0
-                raise PrepareError(f"{url}: download failed after {retries + 1} attempt(s) ({exc!r}); {have} bytes are "
-                                   f"kept in {part}: run again to resume") from None
-        print(f"prepare_data: {dest.name}: connection lost, resuming (attempt {attempt + 2} of {retries + 1})",
-              file=sys.stderr)
+                raise PrepareError(
+                    f"{url}: download failed after {retries + 1} attempt(s) ({exc!r}); {have} bytes are "
+                    f"kept in {part}: run again to resume"
+                ) from None
+        print(
+            f"prepare_data: {dest.name}: connection lost, resuming (attempt {attempt + 2} of {retries + 1})",
+            file=sys.stderr,
+        )
         if retry_wait > 0:
             time.sleep(retry_wait * (attempt + 1))
     got = file_md5(part)
     if md5 is not None and got != md5.lower():
         part.unlink()
-        raise ChecksumError(f"{dest}: checksum mismatch: expected MD5 {md5.lower()}, got {got} "
-                            f"(the download was deleted; run again, or pass --checksums if the file changed upstream)")
+        raise ChecksumError(
+            f"{dest}: checksum mismatch: expected MD5 {md5.lower()}, got {got} "
+            f"(the download was deleted; run again, or pass --checksums if the file changed upstream)"
+        )
     os.replace(part, dest)
     return got
 
@@ -250,8 +298,9 @@ def _extract(archive: Path, staging: Path) -> None:
             with tarfile.open(archive) as tf:
                 tf.extractall(staging, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
-        raise ArchiveError(f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc}); delete it and "
-                           "run again") from None
+        raise ArchiveError(
+            f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc}); delete it and run again"
+        ) from None
 
 
 def _merge(staging: Path, root: Path) -> None:
@@ -268,8 +317,9 @@ def verify_counts(dataset: DataSet, root: Path, expected: dict[str, int]) -> dic
     found = dataset.count(root)
     wrong = [f"{k}: expected {v}, got {found.get(k)}" for k, v in expected.items() if found.get(k) != v]
     if wrong:
-        raise CountError(f"{root}: {dataset.key}: the extracted files do not match the official set "
-                         f"({'; '.join(wrong)})")
+        raise CountError(
+            f"{root}: {dataset.key}: the extracted files do not match the official set ({'; '.join(wrong)})"
+        )
     return found
 
 
@@ -277,9 +327,18 @@ def marker_path(root: Path, key: str) -> Path:
     return root / ".prepared" / f"{key}.json"
 
 
-def prepare_set(dataset: DataSet, root: Path, base_url: str, checksums: dict[str, str | None], expected: dict[str, int],
-                retries: int = 3, retry_wait: float = 2.0, timeout: float = 60.0, progress: bool = True,
-                keep_archives: bool = True) -> dict[str, int]:
+def prepare_set(
+    dataset: DataSet,
+    root: Path,
+    base_url: str,
+    checksums: dict[str, str | None],
+    expected: dict[str, int],
+    retries: int = 3,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+    keep_archives: bool = True,
+) -> dict[str, int]:
     """Download, check, extract and count one set into ``root``; returns its counts."""
     marker = marker_path(root, dataset.key)
     if marker.is_file():
@@ -356,8 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("--root", type=Path, default=None, help="where to extract (default: data for voc, data/coco)")
     parser.add_argument("--sets", nargs="+", default=None, help="which parts (default: all); see --list")
-    parser.add_argument("--base-url", "--mirror", dest="base_url", default=None,
-                        help="server holding the archives under their official paths (default: the official one)")
+    parser.add_argument(
+        "--base-url",
+        "--mirror",
+        dest="base_url",
+        default=None,
+        help="server holding the archives under their official paths (default: the official one)",
+    )
     parser.add_argument("--checksums", type=Path, default=None, help="md5sum-format file overriding the MD5s")
     parser.add_argument("--expected", type=Path, default=None, help="JSON overriding the expected counts")
     parser.add_argument("--retries", type=int, default=3, help="resumed attempts after a dropped connection")
@@ -388,8 +452,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{'':14s} {sets[key].description}; expects {sets[key].expected}")
             return 0
         for key in chosen:
-            prepare_set(sets[key], root, base_url, checksums, {**sets[key].expected, **expected.get(key, {})},
-                        args.retries, args.retry_wait, args.timeout, not args.no_progress, not args.delete_archives)
+            prepare_set(
+                sets[key],
+                root,
+                base_url,
+                checksums,
+                {**sets[key].expected, **expected.get(key, {})},
+                args.retries,
+                args.retry_wait,
+                args.timeout,
+                not args.no_progress,
+                not args.delete_archives,
+            )
     except PrepareError as exc:
         print(f"prepare_data.py: error: {exc}", file=sys.stderr)
         return 2

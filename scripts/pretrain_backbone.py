@@ -26,7 +26,9 @@ from models.parts.pretrain import PretrainRecipe, pretrain_on_shapes  # noqa: E4
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", type=Path, required=True, help="folder of the generated shapes dataset (has meta.json)")
+    p.add_argument(
+        "--data-root", type=Path, required=True, help="folder of the generated shapes dataset (has meta.json)"
+    )
     p.add_argument("--arch", default="small_cnn", choices=BACKBONES)
     p.add_argument("--channels", type=int, nargs="+", default=None, help="small_cnn stage widths")
     p.add_argument("--epochs", type=int, default=PretrainRecipe.epochs)

@@ -42,9 +42,15 @@ SAMPLERS: dict[str, tuple[tuple[str, ...], Callable[[random.Random, dict], Any]]
     "categorical": (("values",), lambda rng, p: rng.choices(p["values"], weights=p.get("probabilities"))[0]),
     "int_uniform": (("min", "max"), lambda rng, p: rng.randint(int(p["min"]), int(p["max"]))),
     "uniform": (("min", "max"), lambda rng, p: rng.uniform(p["min"], p["max"])),
-    "q_uniform": (("min", "max"), lambda rng, p: round(rng.uniform(p["min"], p["max"]) / p.get("q", 1)) * p.get("q", 1)),
+    "q_uniform": (
+        ("min", "max"),
+        lambda rng, p: round(rng.uniform(p["min"], p["max"]) / p.get("q", 1)) * p.get("q", 1),
+    ),
     "log_uniform": (("min", "max"), lambda rng, p: math.exp(rng.uniform(p["min"], p["max"]))),  # min, max: exponents
-    "log_uniform_values": (("min", "max"), lambda rng, p: math.exp(rng.uniform(math.log(p["min"]), math.log(p["max"])))),
+    "log_uniform_values": (
+        ("min", "max"),
+        lambda rng, p: math.exp(rng.uniform(math.log(p["min"]), math.log(p["max"]))),
+    ),
     "normal": ((), lambda rng, p: rng.gauss(p.get("mu", 0.0), p.get("sigma", 1.0))),
 }
 
@@ -78,6 +84,7 @@ def distribution_of(spec: dict) -> str:
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
     """Read and check a sweep file, so that a typo fails before any trial starts."""
+
     def fail(field: str, message: str) -> SweepError:
         return SweepError(f"{path}: {field}: {message}")
 
@@ -136,8 +143,9 @@ def expand_grid(parameters: dict[str, dict]) -> list[dict[str, Any]]:
 def sample_random(parameters: dict[str, dict], count: int, seed: int) -> list[dict[str, Any]]:
     """``count`` independent draws from each parameter's distribution; the same seed gives the same trials."""
     rng = random.Random(seed)
-    return [{name: SAMPLERS[distribution_of(spec)][1](rng, spec) for name, spec in parameters.items()}
-            for _ in range(count)]
+    return [
+        {name: SAMPLERS[distribution_of(spec)][1](rng, spec) for name, spec in parameters.items()} for _ in range(count)
+    ]
 
 
 def build_command(command: list[str], program: str, params: dict[str, Any]) -> list[str]:
@@ -181,8 +189,14 @@ def run_trial(index: int, params: dict[str, Any], config: dict[str, Any], group_
     trial_dir = group_dir / f"trial-{index}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     metrics_file, log_file = trial_dir / "metrics.json", trial_dir / "log.txt"
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_RUN_GROUP=group_dir.name, WANDB_DIR=str(group_dir),
-               WANDB_NAME=f"trial-{index}", **{METRICS_FILE_ENV: str(metrics_file)})
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_RUN_GROUP=group_dir.name,
+        WANDB_DIR=str(group_dir),
+        WANDB_NAME=f"trial-{index}",
+        **{METRICS_FILE_ENV: str(metrics_file)},
+    )
     argv = build_command(config.get("command", DEFAULT_COMMAND), config["program"], params)
     start = time.perf_counter()
     with open(log_file, "w") as log:
@@ -221,9 +235,16 @@ def leaderboard_markdown(ranked: list[TrialResult], parameter_names: list[str], 
     rows = [header, ["---"] * len(header)]
     for position, result in enumerate(ranked, start=1):
         metric = "-" if result.metric is None else f"{result.metric:.4f}"
-        rows.append([str(position) if result.metric is not None else "-", f"trial-{result.index}",
-                     *(format_value(result.params.get(name)) for name in parameter_names), metric, f"{result.seconds:.1f}",
-                     result.status])
+        rows.append(
+            [
+                str(position) if result.metric is not None else "-",
+                f"trial-{result.index}",
+                *(format_value(result.params.get(name)) for name in parameter_names),
+                metric,
+                f"{result.seconds:.1f}",
+                result.status,
+            ]
+        )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
 
 
@@ -247,26 +268,41 @@ def run_offline(config: dict[str, Any], sweep_file: Path, args: argparse.Namespa
     from tqdm import tqdm
 
     results: list[TrialResult] = []
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool, \
-            tqdm(total=len(trials), desc=group, unit="trial", file=sys.stderr) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=args.parallel) as pool,
+        tqdm(total=len(trials), desc=group, unit="trial", file=sys.stderr) as bar,
+    ):
         futures = [pool.submit(run_trial, i, params, config, group_dir) for i, params in enumerate(trials)]
         for future in as_completed(futures):
             result = future.result()
             results.append(result)
             bar.update(1)
-            bar.write(f"trial-{result.index} {result.params}: {result.status} ({result.seconds:.1f} s)", file=sys.stderr)
+            bar.write(
+                f"trial-{result.index} {result.params}: {result.status} ({result.seconds:.1f} s)", file=sys.stderr
+            )
             if result.metric is None:
                 bar.write(f"--- last lines of {result.log} ---\n{log_tail(Path(result.log))}", file=sys.stderr)
     metric, goal = config["metric"]["name"], config["metric"].get("goal", "minimize")
     ranked = rank(results, goal)
     table = leaderboard_markdown(ranked, list(config["parameters"]), metric)
     (group_dir / "leaderboard.md").write_text(table)
-    (group_dir / "leaderboard.json").write_text(json.dumps(
-        {"sweep": str(sweep_file), "group": group, "metric": metric, "goal": goal,
-         "trials": [asdict(r) for r in ranked]}, indent=2))
+    (group_dir / "leaderboard.json").write_text(
+        json.dumps(
+            {
+                "sweep": str(sweep_file),
+                "group": group,
+                "metric": metric,
+                "goal": goal,
+                "trials": [asdict(r) for r in ranked],
+            },
+            indent=2,
+        )
+    )
     print(table)
     succeeded = sum(r.metric is not None for r in results)
-    print(f"{succeeded}/{len(results)} trials succeeded; leaderboard in {group_dir / 'leaderboard.md'}", file=sys.stderr)
+    print(
+        f"{succeeded}/{len(results)} trials succeeded; leaderboard in {group_dir / 'leaderboard.md'}", file=sys.stderr
+    )
     return 0 if succeeded else 1
 
 

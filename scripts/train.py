@@ -6,7 +6,9 @@
     python scripts/train.py fit  --config experiments/fcos/shapes.yaml --print_config
 
 A config names the model and DataModule classes (``class_path``) and their arguments; the number of
-classes and their names come from the DataModule, so one model config serves every dataset.
+classes and their names come from the DataModule, so one model config serves every dataset. The optimiser
+and its schedule are the model's (``model.init_args.optimizer``, ``lr``, ``scheduler`` ...): LightningCLI's
+``--optimizer`` / ``--lr_scheduler`` are refused with an error that says so.
 
 Each run writes one folder, ``<save_dir>/<name>/version_N/`` (``config.yaml``, ``metrics.csv``,
 ``run_info.json``, ``checkpoints/``); ``--ckpt_path last`` is the newest ``last*.ckpt`` of the newest
@@ -31,7 +33,7 @@ if str(REPO_ROOT) not in sys.path:  # runnable from a checkout without `pip inst
 
 import pytorch_lightning as pl  # noqa: E402
 import yaml  # noqa: E402
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback  # noqa: E402
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
 
 # the JSON file that receives the run's final metrics, for scripts/sweep.py
 from scripts.sweep import METRICS_FILE_ENV  # noqa: E402
@@ -118,7 +120,6 @@ def last_checkpoint(trainer: pl.Trainer) -> Optional[Path]:
     return max(candidates, key=lambda f: f.stat().st_mtime) if candidates else None
 
 
-
 @dataclass
 class WandbOptions:
     """Weights & Biases logging, beside the config's own logger (CSV by default).
@@ -187,15 +188,27 @@ class CourseCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.add_class_arguments(WandbOptions, "wandb")
-        parser.add_argument("--checkpoint_every_n_steps", type=Optional[int], default=None,
-                            help="also save last.ckpt every N optimiser steps (beside the config's epoch checkpoints), "
-                                 "so that `fit --ckpt_path last` resumes mid-epoch")
-        parser.add_argument("--progress", type=Literal["auto", "bar", "lines"], default="auto",
-                            help="training progress: a tqdm bar (`bar`), one plain line every "
-                                 "--progress_every_n_steps steps (`lines`, for log files), or `auto`: the bar on a "
-                                 "terminal, lines otherwise; trainer.enable_progress_bar=false shows neither")
-        parser.add_argument("--progress_every_n_steps", type=Optional[int], default=None,
-                            help="steps between progress lines (default: trainer.log_every_n_steps)")
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=Optional[int],
+            default=None,
+            help="also save last.ckpt every N optimiser steps (beside the config's epoch checkpoints), "
+            "so that `fit --ckpt_path last` resumes mid-epoch",
+        )
+        parser.add_argument(
+            "--progress",
+            type=Literal["auto", "bar", "lines"],
+            default="auto",
+            help="training progress: a tqdm bar (`bar`), one plain line every "
+            "--progress_every_n_steps steps (`lines`, for log files), or `auto`: the bar on a "
+            "terminal, lines otherwise; trainer.enable_progress_bar=false shows neither",
+        )
+        parser.add_argument(
+            "--progress_every_n_steps",
+            type=Optional[int],
+            default=None,
+            help="steps between progress lines (default: trainer.log_every_n_steps)",
+        )
 
     def instantiate_classes(self) -> None:
         """Build the model and data; with a checkpoint to restore (``test``/``validate``/``predict --ckpt_path``,
@@ -228,8 +241,11 @@ class CourseCLI(LightningCLI):
         callbacks = [RunMetadata(), ValidationSummary()]
         progress = config.get("progress", "auto")
         has_bar = any(isinstance(c, ProgressBar) for c in _as_list(trainer_config.get("callbacks")))
-        if trainer_config.get("enable_progress_bar") is not False and not has_bar and (
-                progress == "lines" or (progress == "auto" and not sys.stdout.isatty())):
+        if (
+            trainer_config.get("enable_progress_bar") is not False
+            and not has_bar
+            and (progress == "lines" or (progress == "auto" and not sys.stdout.isatty()))
+        ):
             lines_every = config.get("progress_every_n_steps") or trainer_config.get("log_every_n_steps") or 50
             callbacks.append(LineProgressBar(every_n_steps=int(lines_every)))
         plugins = _as_list(trainer_config.get("plugins"))
@@ -245,8 +261,12 @@ class CourseCLI(LightningCLI):
 
             existing = [c for c in _as_list(trainer_config.get("callbacks")) if isinstance(c, ModelCheckpoint)]
             dirpath = existing[0].dirpath if existing else None
-            step_checkpoint = ModelCheckpoint(dirpath=dirpath, every_n_train_steps=int(every), save_last=True, save_top_k=0)
-            step_checkpoint.CHECKPOINT_NAME_LAST = "last-step"  # beside the epoch callback's last.ckpt; "last" picks the newer
+            step_checkpoint = ModelCheckpoint(
+                dirpath=dirpath, every_n_train_steps=int(every), save_last=True, save_top_k=0
+            )
+            step_checkpoint.CHECKPOINT_NAME_LAST = (
+                "last-step"  # beside the epoch callback's last.ckpt; "last" picks the newer
+            )
             callbacks.append(step_checkpoint)
         options = config.get("wandb")
         mode = resolve_wandb_mode(options.mode) if options is not None else "disabled"
@@ -269,10 +289,16 @@ class CourseCLI(LightningCLI):
         save_dir = options.save_dir or os.environ.get("WANDB_DIR") or "runs"
         check_writable(save_dir, "W&B runs")
         return WandbLogger(
-            project=options.project, entity=options.entity, group=options.group or os.environ.get("WANDB_RUN_GROUP"),
-            tags=options.tags, name=options.name or os.environ.get("WANDB_NAME") or f"{model}-{data}",
-            save_dir=save_dir, offline=(mode == "offline"), log_model=options.log_model,
-            job_type=self.subcommand, mode=mode,  # explicit: wandb may have cached "online" settings already
+            project=options.project,
+            entity=options.entity,
+            group=options.group or os.environ.get("WANDB_RUN_GROUP"),
+            tags=options.tags,
+            name=options.name or os.environ.get("WANDB_NAME") or f"{model}-{data}",
+            save_dir=save_dir,
+            offline=(mode == "offline"),
+            log_model=options.log_model,
+            job_type=self.subcommand,
+            mode=mode,  # explicit: wandb may have cached "online" settings already
         )
 
     def _write_metrics(self) -> None:
@@ -280,7 +306,9 @@ class CourseCLI(LightningCLI):
         path = os.environ.get(METRICS_FILE_ENV)
         if not path or not self.trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        metrics = {
+            k: float(v) for k, v in self.trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+        }
         metrics["global_step"] = int(self.trainer.global_step)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_suffix(".tmp")
@@ -369,6 +397,22 @@ def main(args: list[str] | None = None, run: bool = True, exit_on_error: bool = 
         raise SystemExit(f"error: {exc}") from None
 
 
+OPTIMIZER_HINT = (
+    "; the optimiser and its schedule are the model's own (models.base.TaskModule): set model.init_args."
+    "optimizer, lr, momentum, weight_decay, warmup_steps, scheduler, milestones, lr_gamma"
+)
+
+
+class CourseParser(LightningArgumentParser):
+    """LightningCLI's parser; a refused ``--optimizer`` / ``--lr_scheduler`` (or config key) names the model's own
+    settings (``models.base.TaskModule``), the one optimiser mechanism of the repo."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if re.search(r"(--|')(optimizer|lr_scheduler)\b", message) and OPTIMIZER_HINT not in message:
+            message += OPTIMIZER_HINT
+        return super().error(message, ex)
+
+
 def _cli(args: list[str] | None, run: bool, exit_on_error: bool) -> CourseCLI:
     return CourseCLI(
         pl.LightningModule,
@@ -376,6 +420,8 @@ def _cli(args: list[str] | None, run: bool, exit_on_error: bool) -> CourseCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
+        parser_class=CourseParser,
+        auto_configure_optimizers=False,  # one mechanism: the model's own optimiser and schedule (models/base.py)
         save_config_callback=SaveConfigEverywhere,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={

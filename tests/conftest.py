@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # importable without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
+
 @pytest.fixture(autouse=True)
 def _no_wandb_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """scripts/train.py logs to W&B (offline) unless told otherwise; tests opt in explicitly."""

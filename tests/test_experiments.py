@@ -21,8 +21,12 @@ def test_every_registered_model_has_a_shapes_config():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_config_resolves_through_the_cli(config):
-    result = subprocess.run([sys.executable, str(REPO / "scripts/train.py"), "fit", "--config", str(config), "--print_config"],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/train.py"), "fit", "--config", str(config), "--print_config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     resolved = yaml.safe_load(result.stdout)
     module, _, name = resolved["model"]["class_path"].rpartition(".")

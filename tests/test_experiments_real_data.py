@@ -47,8 +47,12 @@ def fixture_overrides(config: dict, tmp: Path) -> list[str]:
         task = data.get("task", "detection")
         year = "2007" if task == "detection" else "2012"
         split = "smoke"
-        args = [f"--data.init_args.root={voc_fixture(tmp)}", f"--data.init_args.year={year}",
-                f"--data.init_args.train_split={split}", f"--data.init_args.val_split={split}"]
+        args = [
+            f"--data.init_args.root={voc_fixture(tmp)}",
+            f"--data.init_args.year={year}",
+            f"--data.init_args.train_split={split}",
+            f"--data.init_args.val_split={split}",
+        ]
         if "train_sets" in data:
             args.append(f"--data.init_args.train_sets=[[{year}, {split}]]")
         if "sbd_root" in data:
@@ -57,8 +61,10 @@ def fixture_overrides(config: dict, tmp: Path) -> list[str]:
     coco = REAL / "coco"
     args = []
     for part in ("train", "val"):
-        args += [f"--data.init_args.{part}_annotations={coco / 'annotations' / 'instances_val2017.json'}",
-                 f"--data.init_args.{part}_images={coco / 'val2017'}"]
+        args += [
+            f"--data.init_args.{part}_annotations={coco / 'annotations' / 'instances_val2017.json'}",
+            f"--data.init_args.{part}_images={coco / 'val2017'}",
+        ]
     return args
 
 
@@ -68,15 +74,26 @@ def test_real_data_config_fits_one_step_with_its_logger(config_path, tmp_path, m
 
     config = yaml.safe_load(config_path.read_text())
     monkeypatch.chdir(tmp_path)  # the configs write runs/... relative to the working directory
-    args = ["fit", f"--config={config_path}", *fixture_overrides(config, tmp_path),
-            "--data.init_args.num_workers=0", "--data.init_args.persistent_workers=false",
-            "--data.init_args.batch_size=2",
-            "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-            "--trainer.check_val_every_n_epoch=1", "--trainer.num_sanity_val_steps=0",
-            "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
-            # the config's checkpoint callback runs but writes nothing: VGG16 / ResNet-50 checkpoints are up to
-            # 1.3 GB each, tens of GB over the configs (saving is tested in tests/scripts)
-            "--trainer.callbacks.init_args.save_last=false", "--trainer.callbacks.init_args.save_top_k=0"]
+    args = [
+        "fit",
+        f"--config={config_path}",
+        *fixture_overrides(config, tmp_path),
+        "--data.init_args.num_workers=0",
+        "--data.init_args.persistent_workers=false",
+        "--data.init_args.batch_size=2",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=1",
+        "--trainer.check_val_every_n_epoch=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false",
+        # the config's checkpoint callback runs but writes nothing: VGG16 / ResNet-50 checkpoints are up to
+        # 1.3 GB each, tens of GB over the configs (saving is tested in tests/scripts)
+        "--trainer.callbacks.init_args.save_last=false",
+        "--trainer.callbacks.init_args.save_top_k=0",
+    ]
     model = config["model"].get("init_args", {})
     if "weights" in model:
         args.append("--model.init_args.weights=null")

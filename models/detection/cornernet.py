@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import batched_nms
 
 from models.base import DetectionModule
 from models.parts.corner_pooling import CornerPooling
 from models.parts.hourglass import StackedHourglass
 from models.parts.losses import penalty_reduced_focal_loss, pull_push_losses
+from models.parts.postprocess import select_detections
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD
 from models.registry import register_model
 
@@ -81,7 +81,11 @@ def draw_gaussian(heatmap: Tensor, centers: Tensor, radii: Tensor, channels: Ten
 
 
 def encode_corner_targets(
-    targets: list[dict[str, Tensor]], num_classes: int, output_size: tuple[int, int], stride: int, min_overlap: float = 0.3
+    targets: list[dict[str, Tensor]],
+    num_classes: int,
+    output_size: tuple[int, int],
+    stride: int,
+    min_overlap: float = 0.3,
 ) -> dict[str, Tensor]:
     """Training targets at the heatmaps' resolution for a batch.
 
@@ -250,7 +254,10 @@ class CornerNet(DetectionModule):
         super().__init__(**kwargs)
         self.min_overlap = min_overlap
         self.loss_weights = {
-            "loss_heatmap": 1.0, "loss_pull": pull_weight, "loss_push": push_weight, "loss_offset": offset_weight
+            "loss_heatmap": 1.0,
+            "loss_pull": pull_weight,
+            "loss_push": push_weight,
+            "loss_offset": offset_weight,
         }
         self.top_k, self.embedding_threshold = top_k, embedding_threshold
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
@@ -301,17 +308,27 @@ class CornerNet(DetectionModule):
             heat_br, emb_br, off_br = self.heads_br[-1](features[-1])
         with self.stage_timer.stage("decode_nms"):
             candidates = decode_corners(
-                heat_tl.sigmoid(), heat_br.sigmoid(), emb_tl, emb_br, off_tl, off_br,
-                self.backbone.stride, self.top_k, self.embedding_threshold,
+                heat_tl.sigmoid(),
+                heat_br.sigmoid(),
+                emb_tl,
+                emb_br,
+                off_tl,
+                off_br,
+                self.backbone.stride,
+                self.top_k,
+                self.embedding_threshold,
             )
-            detections = [self._nms(c, tuple(batch.tensors.shape[-2:])) for c in candidates]
+            size = tuple(batch.tensors.shape[-2:])
+            detections = [
+                select_detections(
+                    c["boxes"],
+                    c["scores"],
+                    c["labels"],
+                    self.score_thresh,
+                    self.nms_thresh,
+                    self.detections_per_img,
+                    size,
+                )
+                for c in candidates
+            ]
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
-
-    def _nms(self, detections: dict[str, Tensor], image_size: tuple[int, int]) -> dict[str, Tensor]:
-        keep = detections["scores"] > self.score_thresh
-        boxes = detections["boxes"][keep].clone()
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_size[1])
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
-        scores, labels = detections["scores"][keep], detections["labels"][keep]
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}

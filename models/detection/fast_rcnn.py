@@ -17,13 +17,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
+from models.detection.selective_search_detector import SelectiveSearchDetector
 from models.parts.backbones import Backbone
 from models.parts.box_coding import BoxCoder
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.parts.proposals import RoISampler
-from models.parts.roi_heads import FastRCNNHead, RoIPool, fast_rcnn_loss, postprocess_detections
-from models.detection.proposal_detector import SelectiveSearchDetector
-from models.parts.selective_search import SelectiveSearch, cache_dir_beside
+from models.parts.roi_heads import FastRCNNHead, RoIPooler, fast_rcnn_loss, postprocess_detections
 from models.registry import register_model
 
 
@@ -59,15 +58,14 @@ class FastRCNN(SelectiveSearchDetector):
     Args:
         backbone, weights, data_root: the network and its initialisation (``weights: shapes`` pretrains
             it on the embedded dataset in ``data_root``, see :mod:`models.parts.pretrain`); ``data_root``
-            also places the proposal cache beside the data.
+            also places the proposal cache beside the data (:class:`SelectiveSearchDetector`, which takes
+            the Selective Search arguments: ``proposal_mode``, ``max_proposals``, ...; the paper: ``quality``,
+            2000).
         return_layer: the feature map the RoIs are pooled from (``c3``: stride 8, ``c4``: stride 16 as
             VGG16's conv5_3 in the paper).
-        roi_op, roi_output_size: ``pool`` (RoI max pooling, the paper) or ``align``; the 7 x 7 grid.
+        roi_op, roi_output_size: the :class:`RoIPooler`'s kind, ``pool`` (RoI max pooling, the paper) or
+            ``align`` (RoI Align); the 7 x 7 grid.
         representation_size: width of fc6 and fc7 (4096 in VGG16).
-        proposal_mode, max_proposals, min_proposal_size, proposal_cache_dir: Selective Search
-            (:class:`models.parts.selective_search.SelectiveSearch`; the paper: ``quality``, 2000).
-        precompute_proposals, proposal_workers: segment the train and val splits before training (into
-            the cache), with this many processes.
         rois_per_image, positive_fraction, fg_iou, bg_iou_low: R / N RoIs per image, a quarter with
             IoU >= 0.5, the others with IoU in [bg_iou_low, fg_iou) (Sec. 2.3: 128 / 2, 0.25, 0.5, 0.1).
         smooth_l1_beta: the smooth L1 loss's switch point (Eq. 3: 1).
@@ -85,12 +83,6 @@ class FastRCNN(SelectiveSearchDetector):
         roi_op: Literal["pool", "align"] = "pool",
         roi_output_size: int = 7,
         representation_size: int = 256,
-        proposal_mode: Literal["fast", "quality"] = "fast",
-        max_proposals: int = 2000,
-        min_proposal_size: float = 4.0,
-        proposal_cache_dir: str | None = None,
-        precompute_proposals: bool = True,
-        proposal_workers: int = 1,
         rois_per_image: int = 64,
         positive_fraction: float = 0.25,
         fg_iou: float = 0.5,
@@ -103,29 +95,27 @@ class FastRCNN(SelectiveSearchDetector):
         max_size: int = 128,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(data_root=data_root, **kwargs)
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded at setup("fit")
         self.backbone = Backbone(body, [return_layer])
         self.return_layer = return_layer
         self.transform = GeneralizedRCNNTransform(min_size, max_size, IMAGE_MEAN, IMAGE_STD)
-        roi_pool = RoIPool(roi_output_size, 1.0 / self.backbone.strides[0], roi_op)
-        self.head = FastRCNNHead(self.backbone.out_channels, self.num_classes + 1, roi_pool, representation_size)
+        roi_pooler = RoIPooler(roi_output_size, 1.0 / self.backbone.strides[0], roi_op)
+        self.head = FastRCNNHead(self.backbone.out_channels, self.num_classes + 1, roi_pooler, representation_size)
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.sampler = RoISampler(rois_per_image, positive_fraction, fg_iou, (bg_iou_low, fg_iou), self.box_coder)
-        self.selective_search = SelectiveSearch(
-            proposal_mode, max_proposals, min_proposal_size, cache_dir=proposal_cache_dir or cache_dir_beside(data_root)
-        )
-        self.precompute_proposals, self.proposal_workers = precompute_proposals, proposal_workers
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
-        self.proposals_seen, self.images_seen = 0, 0
 
     def truncate_svd(self, fc6_rank: int, fc7_rank: int) -> None:
         """Test-time truncated SVD of fc6 and fc7 (Sec. 3.1), see :func:`truncate_fc_layers`."""
         truncate_fc_layers(self.head, fc6_rank, fc7_rank)
 
     def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, proposals: list[Tensor] | None = None
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        proposals: list[Tensor] | None = None,
     ) -> Any:
         """Losses (train) or detections (eval); ``proposals`` (xyxy per image) skip Selective Search."""
         if self.training and targets is None:
@@ -139,19 +129,27 @@ class FastRCNN(SelectiveSearchDetector):
         if self.training:
             rois = self.sampler(proposals, targets)
             class_logits, box_deltas = self.head(features, rois.boxes)
-            return fast_rcnn_loss(class_logits, box_deltas, rois.labels, rois.regression_targets, smooth_l1_beta=self.smooth_l1_beta)
+            return fast_rcnn_loss(
+                class_logits, box_deltas, rois.labels, rois.regression_targets, smooth_l1_beta=self.smooth_l1_beta
+            )
         with self.stage_timer.stage("per_region_head"):
             class_logits, box_deltas = self.head(features, proposals)
         with self.stage_timer.stage("nms"):
             counts = [len(p) for p in proposals]
             detections = [
                 postprocess_detections(
-                    scores, deltas, boxes, size, self.box_coder, self.score_thresh, self.nms_thresh, self.detections_per_img
+                    scores,
+                    deltas,
+                    boxes,
+                    size,
+                    self.box_coder,
+                    self.score_thresh,
+                    self.nms_thresh,
+                    self.detections_per_img,
                 )
                 for scores, deltas, boxes, size in zip(
                     class_logits.softmax(-1).split(counts), box_deltas.split(counts), proposals, image_list.image_sizes
                 )
             ]
-        self.proposals_seen += sum(counts)
-        self.images_seen += len(images)
+        self.count_proposals(proposals)
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)

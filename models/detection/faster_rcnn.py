@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Literal, Sequence
 
-from torch import Tensor
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -25,31 +23,21 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from models.base import DetectionModule
-from models.parts.backbones import Backbone, configure_body
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
-from models.parts.timing import time_method
-from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector
+from models.detection.torchvision_detector import TorchvisionDetector
+from models.parts.anchors import rpn_anchor_generator
+from models.parts.backbones import build_backbone
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD
 from models.registry import register_model
 
 
-def anchor_generator(
-    sizes: Sequence[int], aspect_ratios: Sequence[float], num_levels: int
-) -> AnchorGenerator:
-    """Anchors of every size and ratio on one feature map, or one size per level of a pyramid.
-
-    With one map every location has ``len(sizes) * len(aspect_ratios)`` anchors (the paper: 3 x 3 = 9);
-    with an FPN the i-th size goes to the i-th level (Lin et al. 2017, Sec. 4.1), so each level needs a size.
-    """
-    if num_levels == 1:
-        return AnchorGenerator((tuple(sizes),), (tuple(aspect_ratios),))
-    if len(sizes) != num_levels:
-        raise ValueError(f"an FPN with {num_levels} levels needs one anchor size per level, got sizes={list(sizes)}")
-    return AnchorGenerator(tuple((s,) for s in sizes), (tuple(aspect_ratios),) * num_levels)
+def roi_align(levels: Sequence[str], output_size: int, canonical_scale: int) -> MultiScaleRoIAlign:
+    """RoI Align (He et al. 2017, Sec. 3) of ``output_size`` x ``output_size`` bins of 2 x 2 samples, each RoI from
+    the map of ``levels`` that suits its size (FPN Eq. 1: a RoI of side ``canonical_scale`` from the stride-16 map)."""
+    return MultiScaleRoIAlign(list(levels), output_size, sampling_ratio=2, canonical_scale=canonical_scale)
 
 
 @register_model("faster_rcnn", family="two_stage")
-class FasterRCNN(DetectionModule):
+class FasterRCNN(TorchvisionDetector):
     """Faster R-CNN over ``return_layers`` of ``backbone`` (an FPN when ``fpn`` is true).
 
     Args:
@@ -70,13 +58,13 @@ class FasterRCNN(DetectionModule):
         box_score_thresh, box_nms_thresh, detections_per_img: test-time per-class NMS and output size
             (NMS at IoU 0.3 as R-CNN and Fast R-CNN here, the value of the papers' released test code).
         min_size, max_size: torchvision's resize of the shorter/longer side (the paper: 600/1000).
-        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
-            COCO ``fasterrcnn_resnet50_fpn`` (:mod:`models.parts.torchvision_weights`): its architecture and settings,
-            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
-        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
-            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
-            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
+        weights (``torchvision``: COCO ``fasterrcnn_resnet50_fpn``), builder_kwargs, frozen_bn,
+            trainable_backbone_layers: see :class:`~models.detection.torchvision_detector.TorchvisionDetector`.
     """
+
+    timed_modules = (("backbone", "backbone"), ("rpn", "proposals"), ("roi_heads", "per_region_head"))
+    timed_method = ("transform", "postprocess", "postprocess")
+    nms_owner = "roi_heads"  # the per-class NMS of the final detections, not the RPN's
 
     def __init__(
         self,
@@ -114,12 +102,21 @@ class FasterRCNN(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if adopt_pretrained_detector(self, "faster_rcnn", weights, trainable_backbone_layers, builder_kwargs):
+        if self.adopt_pretrained(weights, trainable_backbone_layers, builder_kwargs):
             return
-        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
-        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)
-        features = Backbone(body, return_layers, fpn=fpn, fpn_channels=fpn_channels, fpn_extra=fpn_extra)
-        anchors = anchor_generator(anchor_sizes, anchor_ratios, num_levels=len(features.strides))
+        features = build_backbone(
+            backbone,
+            weights,
+            return_layers,
+            fpn,
+            fpn_channels,
+            fpn_extra,
+            data_root=data_root,
+            frozen_bn=frozen_bn,
+            trainable_layers=trainable_backbone_layers,
+            detection_defaults=True,
+        )  # weights: shapes are loaded in setup
+        anchors = rpn_anchor_generator(anchor_sizes, anchor_ratios, num_levels=len(features.strides))
         rpn = RegionProposalNetwork(
             anchors,
             RPNHead(features.out_channels, anchors.num_anchors_per_location()[0]),
@@ -132,7 +129,7 @@ class FasterRCNN(DetectionModule):
             nms_thresh=rpn_nms_thresh,
         )
         roi_heads = RoIHeads(
-            MultiScaleRoIAlign(list(return_layers), roi_output_size, sampling_ratio=2, canonical_scale=roi_canonical_scale),
+            roi_align(return_layers, roi_output_size, roi_canonical_scale),
             TwoMLPHead(features.out_channels * roi_output_size**2, representation_size),
             FastRCNNPredictor(representation_size, self.num_classes + 1),
             fg_iou_thresh=0.5,
@@ -145,17 +142,4 @@ class FasterRCNN(DetectionModule):
             detections_per_img=detections_per_img,
         )
         transform = GeneralizedRCNNTransform(min_size, max_size, IMAGE_MEAN, IMAGE_STD)
-        self.detector = GeneralizedRCNN(features, rpn, roi_heads, transform)
-        self.stage_timer.instrument(self.detector.backbone, "backbone")
-        self.stage_timer.instrument(self.detector.rpn, "proposals")
-        self.stage_timer.instrument(self.detector.roi_heads, "per_region_head")
-        time_method(self.stage_timer, self.detector.transform, "postprocess", "postprocess")
-
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
-        if self.class_map is not None:
-            return run_detector(self.detector, self.class_map, images, targets)
-        return self.detector(images, targets)
-
-    def set_nms_iou(self, iou: float) -> None:
-        """The per-class NMS of the final detections (the RPN's proposal NMS is a separate setting)."""
-        self.detector.roi_heads.nms_thresh = iou
+        self.attach(GeneralizedRCNN(features, rpn, roi_heads, transform))

@@ -8,7 +8,7 @@ embedded dataset's baseline detector, because it trains fastest on a CPU.
 Two details follow the paper rather than torchvision's defaults: a location (x, y) of a level of stride
 s sits at (floor(s/2) + x s, floor(s/2) + y s) in the image (Sec. 3.1; torchvision's ``AnchorGenerator``
 puts it at (x s, y s)), and the classifier is K sigmoids, one per class, without a background column
-(Sec. 3.1: C binary classifiers); torchvision's FCOS sees labels 0..K-1, shifted in ``forward``.
+(Sec. 3.1: C binary classifiers); torchvision's FCOS sees labels 0..K-1 (``foreground_classifier``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import torchvision
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from models.base import DetectionModule
+from models.detection.torchvision_detector import TorchvisionDetector
 from models.parts.backbones import build_backbone
-from models.parts.timing import time_method
-from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector, run_foreground_detector
 from models.registry import register_model
 
 
@@ -48,7 +46,7 @@ class FCOSLocations(AnchorGenerator):
 
 
 @register_model("fcos", family="anchor_free")
-class FCOS(DetectionModule):
+class FCOS(TorchvisionDetector):
     """FCOS with an FPN over ``return_layers`` of ``backbone``.
 
     Args:
@@ -57,13 +55,11 @@ class FCOS(DetectionModule):
             images as they are; the paper uses 800/1333).
         score_thresh, nms_thresh, detections_per_img: test-time decoding (Sec. 4: 0.05, 0.6, 100).
         center_sampling_radius: positives within this many strides of a box centre.
-        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
-            COCO ``fcos_resnet50_fpn`` (:mod:`models.parts.torchvision_weights`): its architecture and settings,
-            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
-        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
-            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
-            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
+        weights (``torchvision``: COCO ``fcos_resnet50_fpn``), builder_kwargs, frozen_bn,
+            trainable_backbone_layers: see :class:`~models.detection.torchvision_detector.TorchvisionDetector`.
     """
+
+    foreground_classifier = True
 
     def __init__(
         self,
@@ -84,17 +80,25 @@ class FCOS(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if adopt_pretrained_detector(self, "fcos", weights, trainable_backbone_layers, builder_kwargs):
+        if self.adopt_pretrained(weights, trainable_backbone_layers, builder_kwargs):
             return
-        features = build_backbone(backbone, weights, return_layers, fpn=True, fpn_channels=fpn_channels,
-                                  fpn_extra=fpn_extra, frozen_bn=frozen_bn,
-                                  trainable_layers=trainable_backbone_layers, detection_defaults=True)
+        features = build_backbone(
+            backbone,
+            weights,
+            return_layers,
+            fpn=True,
+            fpn_channels=fpn_channels,
+            fpn_extra=fpn_extra,
+            frozen_bn=frozen_bn,
+            trainable_layers=trainable_backbone_layers,
+            detection_defaults=True,
+        )
         # One "anchor" per location whose size is the level's stride: FCOS uses it only to assign
         # each box to a level by its size (Sec. 3.2).
         anchors = FCOSLocations(features.strides)
-        self.detector = torchvision.models.detection.FCOS(
+        detector = torchvision.models.detection.FCOS(
             features,
-            num_classes=self.num_classes,  # K sigmoids: torchvision sees labels 0..K-1 (shifted in forward)
+            num_classes=self.num_classes,  # K sigmoids (foreground_classifier): labels 0..K-1
             min_size=min_size,
             max_size=max_size,
             anchor_generator=anchors,
@@ -103,14 +107,4 @@ class FCOS(DetectionModule):
             nms_thresh=nms_thresh,
             detections_per_img=detections_per_img,
         )
-        self.stage_timer.instrument(self.detector.backbone, "backbone")
-        self.stage_timer.instrument(self.detector.head, "head")
-        time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
-
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
-        if self.class_map is not None:
-            return run_detector(self.detector, self.class_map, images, targets)
-        return run_foreground_detector(self.detector, images, targets)
-
-    def set_nms_iou(self, iou: float) -> None:
-        self.detector.nms_thresh = iou
+        self.attach(detector)

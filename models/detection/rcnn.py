@@ -25,12 +25,11 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import box_iou
 
+from models.detection.selective_search_detector import SelectiveSearchDetector
 from models.parts.box_coding import BoxCoder
 from models.parts.pretrain import crop_windows, load_pretrained_body, normalize
 from models.parts.proposals import RoISampler
 from models.parts.roi_heads import fast_rcnn_loss, postprocess_detections
-from models.detection.proposal_detector import SelectiveSearchDetector
-from models.parts.selective_search import SelectiveSearch, cache_dir_beside
 from models.registry import register_model
 
 
@@ -69,7 +68,9 @@ class RegionCNN(nn.Module):
         return self.fc(self.pool(self.body(crops)[self.last_stage]).flatten(1))
 
 
-def svm_targets(boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, num_classes: int, positive_iou: float, negative_iou: float) -> Tensor:
+def svm_targets(
+    boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, num_classes: int, positive_iou: float, negative_iou: float
+) -> Tensor:
     """One-vs-rest targets (N x K) of the per-class SVMs (R-CNN Sec. 2.3): +1 for a region that is an
     object of the class (IoU >= ``positive_iou``; 1 = the ground truth only, as the paper), -1 where its
     IoU with every object of the class is below ``negative_iou`` (0.3), 0 (ignored) otherwise."""
@@ -99,15 +100,14 @@ class RCNN(SelectiveSearchDetector):
     Args:
         backbone, weights, data_root: the per-region CNN's body and its initialisation (``weights: shapes``
             pretrains it on the embedded dataset in ``data_root``, the paper's supervised pre-training);
-            ``data_root`` also places the proposal cache beside the data.
+            ``data_root`` also places the proposal cache beside the data (:class:`SelectiveSearchDetector`,
+            which takes the Selective Search arguments: ``proposal_mode``, ``max_proposals``, ...).
         crop_size: side of the warped regions (227 in the paper for ~500 px images; 64 for 128 px ones).
         context_padding: pixels of context around the box in the warped crop; None scales the paper's
             16 of 227 to ``crop_size``; 0 warps the tight box.
         representation_size, pooled_size: the feature layer's width and the pooled grid before it.
         classifier: ``softmax`` (the fine-tuned network's, what Fast R-CNN uses) or ``svm`` (per-class
             linear SVMs with hinge loss, the paper's test-time classifier; scores are sigmoid(margin)).
-        proposal_mode, max_proposals, min_proposal_size, proposal_cache_dir, precompute_proposals,
-            proposal_workers: Selective Search, as :class:`models.detection.fast_rcnn.FastRCNN`.
         regions_per_image, positive_fraction, fg_iou, bg_iou_low: fine-tuning mini-batches (Sec. 2.3:
             128 regions over the batch, 32 with IoU >= 0.5; background all others: [0, 0.5)).
         bbox_reg_iou: regions that train the box regressors (Appendix C: IoU >= 0.6).
@@ -127,12 +127,6 @@ class RCNN(SelectiveSearchDetector):
         representation_size: int = 256,
         pooled_size: int = 2,
         classifier: Literal["softmax", "svm"] = "softmax",
-        proposal_mode: Literal["fast", "quality"] = "fast",
-        max_proposals: int = 2000,
-        min_proposal_size: float = 4.0,
-        proposal_cache_dir: str | None = None,
-        precompute_proposals: bool = True,
-        proposal_workers: int = 1,
         regions_per_image: int = 16,
         positive_fraction: float = 0.25,
         fg_iou: float = 0.5,
@@ -147,7 +141,7 @@ class RCNN(SelectiveSearchDetector):
         region_batch: int = 256,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(data_root=data_root, **kwargs)
         if classifier not in ("softmax", "svm"):
             raise ValueError(f"classifier must be 'softmax' or 'svm', got {classifier!r}")
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded at setup("fit")
@@ -158,18 +152,17 @@ class RCNN(SelectiveSearchDetector):
         self.context_padding = 16.0 * crop_size / 227 if context_padding is None else float(context_padding)
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.sampler = RoISampler(regions_per_image, positive_fraction, fg_iou, (bg_iou_low, fg_iou), self.box_coder)
-        self.bbox_reg_iou, self.svm_positive_iou, self.svm_negative_iou = bbox_reg_iou, svm_positive_iou, svm_negative_iou
+        self.bbox_reg_iou = bbox_reg_iou
+        self.svm_positive_iou, self.svm_negative_iou = svm_positive_iou, svm_negative_iou
         self.smooth_l1_beta = smooth_l1_beta
-        self.selective_search = SelectiveSearch(
-            proposal_mode, max_proposals, min_proposal_size, cache_dir=proposal_cache_dir or cache_dir_beside(data_root)
-        )
-        self.precompute_proposals, self.proposal_workers = precompute_proposals, proposal_workers
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.region_batch = region_batch
-        self.proposals_seen, self.images_seen = 0, 0
 
     def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, proposals: list[Tensor] | None = None
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        proposals: list[Tensor] | None = None,
     ) -> Any:
         """Losses (train) or detections (eval); ``proposals`` (xyxy per image) skip Selective Search."""
         if self.training and targets is None:
@@ -177,21 +170,34 @@ class RCNN(SelectiveSearchDetector):
         proposals = self.propose(images) if proposals is None else proposals
         if self.training:
             return self.training_losses(images, targets, proposals)
-        return [self.detect(image, boxes) for image, boxes in zip(images, proposals)]
+        detections = [self.detect(image, boxes) for image, boxes in zip(images, proposals)]
+        self.count_proposals(proposals)
+        return detections
 
-    def training_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]], proposals: list[Tensor]) -> dict[str, Tensor]:
+    def training_losses(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]], proposals: list[Tensor]
+    ) -> dict[str, Tensor]:
         """Fine-tuning loss (softmax + box regression) and, with SVMs, their hinge loss on the same regions."""
         regions = self.sampler(proposals, targets)
-        crops = [warp_regions(normalize(im), boxes, self.crop_size, self.context_padding) for im, boxes in zip(images, regions.boxes)]
+        crops = [
+            warp_regions(normalize(im), boxes, self.crop_size, self.context_padding)
+            for im, boxes in zip(images, regions.boxes)
+        ]
         features = self.cnn(torch.cat(crops))
         class_logits, box_deltas = self.predictor(features)
         box_labels = torch.where(regions.ious >= self.bbox_reg_iou, regions.labels, 0)
-        losses = fast_rcnn_loss(class_logits, box_deltas, regions.labels, regions.regression_targets, box_labels, self.smooth_l1_beta)
+        losses = fast_rcnn_loss(
+            class_logits, box_deltas, regions.labels, regions.regression_targets, box_labels, self.smooth_l1_beta
+        )
         if self.svm is not None:
-            targets_svm = torch.cat([
-                svm_targets(boxes, t["boxes"], t["labels"], self.num_classes, self.svm_positive_iou, self.svm_negative_iou)
-                for boxes, t in zip(regions.boxes, targets)
-            ])
+            targets_svm = torch.cat(
+                [
+                    svm_targets(
+                        boxes, t["boxes"], t["labels"], self.num_classes, self.svm_positive_iou, self.svm_negative_iou
+                    )
+                    for boxes, t in zip(regions.boxes, targets)
+                ]
+            )
             losses["loss_svm"] = svm_hinge_loss(self.svm(features.detach()), targets_svm)
         return losses
 
@@ -209,9 +215,13 @@ class RCNN(SelectiveSearchDetector):
                 scores = torch.cat([torch.zeros_like(class_logits[:, :1]), self.svm(features).sigmoid()], dim=1)
         with self.stage_timer.stage("nms"):
             image_size = (int(image.shape[-2]), int(image.shape[-1]))
-            detections = postprocess_detections(
-                scores, box_deltas, proposals, image_size, self.box_coder, self.score_thresh, self.nms_thresh, self.detections_per_img
+            return postprocess_detections(
+                scores,
+                box_deltas,
+                proposals,
+                image_size,
+                self.box_coder,
+                self.score_thresh,
+                self.nms_thresh,
+                self.detections_per_img,
             )
-        self.proposals_seen += len(proposals)
-        self.images_seen += 1
-        return detections

@@ -25,13 +25,11 @@ from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from models.base import DetectionModule
-from models.parts.anchors import retinanet_anchor_generator
-from models.parts.backbones import Backbone, configure_body
+from models.detection.torchvision_detector import TorchvisionDetector
+from models.parts.anchors import check_one_size_per_level, retinanet_anchor_generator
+from models.parts.backbones import build_backbone
 from models.parts.losses import focal_loss
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
-from models.parts.timing import time_method
-from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector, run_foreground_detector
+from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD
 from models.registry import register_model
 
 
@@ -85,7 +83,7 @@ def p6p7_block(c5_channels: int, channels: int, p6_from: Literal["c5", "p5"] = "
 
 
 @register_model("retinanet", family="one_stage_anchor")
-class RetinaNet(DetectionModule):
+class RetinaNet(TorchvisionDetector):
     """RetinaNet over ``return_layers`` of ``backbone``, with or without an FPN.
 
     Args:
@@ -110,13 +108,11 @@ class RetinaNet(DetectionModule):
         min_size, max_size: torchvision's resize of the shorter/longer side (the paper: 800).
         score_thresh, nms_thresh, detections_per_img, topk_candidates: decoding (Sec. 4: 0.05, 0.5,
             100 per image, top 1000 per level).
-        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
-            COCO ``retinanet_resnet50_fpn`` (:mod:`models.parts.torchvision_weights`): its architecture and settings,
-            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
-        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
-            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
-            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
+        weights (``torchvision``: COCO ``retinanet_resnet50_fpn``), builder_kwargs, frozen_bn,
+            trainable_backbone_layers: see :class:`~models.detection.torchvision_detector.TorchvisionDetector`.
     """
+
+    foreground_classifier = True
 
     def __init__(
         self,
@@ -150,30 +146,37 @@ class RetinaNet(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if adopt_pretrained_detector(self, "retinanet", weights, trainable_backbone_layers, builder_kwargs):
+        if self.adopt_pretrained(weights, trainable_backbone_layers, builder_kwargs):
             return
         if not fpn and len(return_layers) != 1:
             raise ValueError(f"without an FPN RetinaNet uses one map; got return_layers={list(return_layers)}")
-        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
-        configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)
-        features = Backbone(body, return_layers, fpn=fpn, fpn_channels=fpn_channels, fpn_extra=fpn_extra)
+        features = build_backbone(
+            backbone,
+            weights,
+            return_layers,
+            fpn,
+            fpn_channels,
+            fpn_extra,
+            data_root=data_root,
+            frozen_bn=frozen_bn,
+            trainable_layers=trainable_backbone_layers,
+            detection_defaults=True,
+        )  # weights: shapes are loaded in setup
         if fpn_extra == "p6p7":
-            c5_channels = body.stage_channels[list(return_layers)[-1]]
+            c5_channels = features.body.stage_channels[list(return_layers)[-1]]
             features.fpn.extra_blocks = p6p7_block(c5_channels, fpn_channels, p6_from)
-        if fpn and len(anchor_sizes) != len(features.strides):
-            raise ValueError(
-                f"an FPN with {len(features.strides)} levels needs one anchor size per level, got {list(anchor_sizes)}"
-            )
+        if fpn:
+            check_one_size_per_level(anchor_sizes, len(features.strides))
         anchors = retinanet_anchor_generator(anchor_sizes, aspect_ratios=anchor_ratios, single_level=not fpn)
         num_anchors = anchors.num_anchors_per_location()[0]
         norm_layer = partial(nn.GroupNorm, head_norm_groups) if head_norm_groups else None
         head = RetinaNetHead(features.out_channels, num_anchors, self.num_classes, norm_layer)
-        # K sigmoids, no background column: torchvision sees labels 0..K-1 (shifted in forward).
+        # K sigmoids, no background column (foreground_classifier): torchvision sees labels 0..K-1.
         head.classification_head = ClassificationSubnet(
             features.out_channels, num_anchors, self.num_classes, prior_probability, loss, alpha, gamma, norm_layer
         )
         head.regression_head._loss_type = box_loss  # torchvision's switch (its own v2 model sets "giou")
-        self.detector = torchvision.models.detection.RetinaNet(
+        detector = torchvision.models.detection.RetinaNet(
             features,
             num_classes=self.num_classes,
             min_size=min_size,
@@ -189,14 +192,4 @@ class RetinaNet(DetectionModule):
             bg_iou_thresh=bg_iou_thresh,
             topk_candidates=topk_candidates,
         )
-        self.stage_timer.instrument(self.detector.backbone, "backbone")
-        self.stage_timer.instrument(self.detector.head, "head")
-        time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
-
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
-        if self.class_map is not None:
-            return run_detector(self.detector, self.class_map, images, targets)
-        return run_foreground_detector(self.detector, images, targets)
-
-    def set_nms_iou(self, iou: float) -> None:
-        self.detector.nms_thresh = iou
+        self.attach(detector)

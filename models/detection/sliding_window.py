@@ -16,12 +16,13 @@ import math
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
-from torchvision.ops import batched_nms, box_iou
 
 from models.base import DetectionModule
+from models.parts.postprocess import class_candidates, select_detections
 from models.parts.pretrain import CropClassifier, crop_windows, load_pretrained_body, normalize
+from models.parts.proposals import RoISampler
 from models.registry import register_model
 
 
@@ -83,7 +84,8 @@ class SlidingWindow(DetectionModule):
         fg_iou, bg_iou: positives (IoU >= fg_iou, the object's class) and background (IoU < bg_iou);
             windows in between are not trained on.
         windows_per_image, positive_fraction: windows sampled per training image and the largest share
-            of positives among them (R-CNN: 128 per batch, a quarter positive; balanced here).
+            of positives among them (R-CNN: 128 per batch, a quarter positive; balanced here), by the
+            R-CNN family's :class:`models.parts.proposals.RoISampler`.
         score_thresh, nms_thresh, detections_per_img: test-time decoding (per-class NMS).
         crop_batch: windows classified per CNN call at test time (bounds memory).
     """
@@ -111,17 +113,18 @@ class SlidingWindow(DetectionModule):
         super().__init__(**kwargs)
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
         self.classifier = CropClassifier(body, self.num_classes + 1)
-        self.window_sizes, self.aspect_ratios, self.stride_fraction = tuple(window_sizes), tuple(aspect_ratios), stride_fraction
+        self.window_sizes, self.aspect_ratios = tuple(window_sizes), tuple(aspect_ratios)
+        self.stride_fraction = stride_fraction
         self.crop_size, self.image_size, self.crop_batch = crop_size, image_size, crop_batch
-        self.matcher = Matcher(fg_iou, bg_iou, allow_low_quality_matches=False)
-        self.sampler = BalancedPositiveNegativeSampler(windows_per_image, positive_fraction)
+        self.sampler = RoISampler(windows_per_image, positive_fraction, fg_iou, (0.0, bg_iou))
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self._windows: dict[tuple[int, int, torch.device], Tensor] = {}
 
     @property
     def num_windows(self) -> int:
         """Windows (CNN evaluations) per ``image_size`` x ``image_size`` image."""
-        return count_windows((self.image_size, self.image_size), self.window_sizes, self.aspect_ratios, self.stride_fraction)
+        size = (self.image_size, self.image_size)
+        return count_windows(size, self.window_sizes, self.aspect_ratios, self.stride_fraction)
 
     def windows_for(self, image: Tensor) -> Tensor:
         height, width = image.shape[-2:]
@@ -146,26 +149,10 @@ class SlidingWindow(DetectionModule):
 
     def training_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Cross-entropy over balanced samples of labelled windows (ground-truth boxes included, as R-CNN)."""
-        crops, labels = [], []
-        for image, target in zip(images, targets):
-            boxes = torch.cat([self.windows_for(image), target["boxes"].to(image.dtype)])
-            window_labels = self.label_windows(boxes, target)
-            positives, negatives = self.sampler([window_labels])
-            sampled = torch.where(positives[0] | negatives[0])[0]
-            crops.append(crop_windows(normalize(image), boxes[sampled], self.crop_size))
-            labels.append(window_labels[sampled])
+        samples = self.sampler([self.windows_for(image) for image in images], targets)
+        crops = [crop_windows(normalize(im), boxes, self.crop_size) for im, boxes in zip(images, samples.boxes)]
         logits = self.classifier(torch.cat(crops))
-        return {"loss_classifier": torch.nn.functional.cross_entropy(logits, torch.cat(labels))}
-
-    def label_windows(self, windows: Tensor, target: dict[str, Tensor]) -> Tensor:
-        """Class of the best-overlapping object for IoU >= fg_iou, 0 (background) below bg_iou, -1 between."""
-        if len(target["boxes"]) == 0:
-            return torch.zeros(len(windows), dtype=torch.int64, device=windows.device)
-        matches = self.matcher(box_iou(target["boxes"].to(windows.dtype), windows))
-        labels = target["labels"][matches.clamp(min=0)].clone()
-        labels[matches == Matcher.BELOW_LOW_THRESHOLD] = 0
-        labels[matches == Matcher.BETWEEN_THRESHOLDS] = -1
-        return labels
+        return {"loss_classifier": F.cross_entropy(logits, samples.labels)}
 
     @torch.no_grad()
     def detect(self, image: Tensor) -> dict[str, Tensor]:
@@ -181,7 +168,5 @@ class SlidingWindow(DetectionModule):
                 chunks.append(self.classifier(crops).softmax(1))
         scores = torch.cat(chunks)
         with self.stage_timer.stage("nms"):
-            window_index, class_index = torch.where(scores[:, 1:] > self.score_thresh)
-            boxes, scores, labels = windows[window_index], scores[window_index, class_index + 1], class_index + 1
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+            candidates = class_candidates(windows, scores[:, 1:])
+            return select_detections(*candidates, self.score_thresh, self.nms_thresh, self.detections_per_img)

@@ -19,12 +19,10 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 from torchvision.models.detection.ssd import SSD as TorchvisionSSD, SSDHead
 
-from models.base import DetectionModule
+from models.detection.torchvision_detector import TorchvisionDetector
 from models.parts.anchors import default_box_generator
 from models.parts.backbones import configure_body
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
-from models.parts.timing import time_method
-from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector
 from models.registry import register_model
 
 
@@ -38,7 +36,9 @@ class SSDFeatureMaps(nn.Module):
             predictor per map).
     """
 
-    def __init__(self, body: nn.Module, return_layers: Sequence[str], num_extra: int = 2, extra_channels: int = 128) -> None:
+    def __init__(
+        self, body: nn.Module, return_layers: Sequence[str], num_extra: int = 2, extra_channels: int = 128
+    ) -> None:
         super().__init__()
         self.body = body
         self.return_layers = list(return_layers)
@@ -69,7 +69,7 @@ class SSDFeatureMaps(nn.Module):
 
 
 @register_model("ssd", family="one_stage_anchor")
-class SSD(DetectionModule):
+class SSD(TorchvisionDetector):
     """SSD over ``return_layers`` of ``backbone`` and ``num_extra_layers`` extra layers.
 
     Args:
@@ -86,13 +86,9 @@ class SSD(DetectionModule):
         neg_pos_ratio: hard negatives kept per positive (3).
         score_thresh, nms_thresh, detections_per_img, topk_candidates: decoding (Sec. 3: 0.01, 0.45,
             200 per image, top 400 per class before NMS as torchvision).
-        weights: besides backbone weights, ``torchvision`` (or ``COCO_V1``) loads torchvision's whole
-            COCO ``ssd300_vgg16`` (300 x 300 inputs, 4 trainable VGG16 stages by default;
-            :mod:`models.parts.torchvision_weights`): its architecture and settings,
-            the options above unused; ``builder_kwargs`` go to its builder (``min_size``, ...).
-        frozen_bn, trainable_backbone_layers: the references' fine-tuning of an ImageNet body
-            (:func:`models.parts.backbones.configure_body`; None: frozen batch norm and 3 trainable
-            stages for ImageNet ResNets / VGG16, nothing frozen otherwise).
+        weights (``torchvision``: COCO ``ssd300_vgg16``, 300 x 300 inputs, 4 trainable VGG16 stages by default),
+            builder_kwargs, frozen_bn, trainable_backbone_layers: see
+            :class:`~models.detection.torchvision_detector.TorchvisionDetector`.
     """
 
     def __init__(
@@ -119,7 +115,7 @@ class SSD(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if adopt_pretrained_detector(self, "ssd", weights, trainable_backbone_layers, builder_kwargs):
+        if self.adopt_pretrained(weights, trainable_backbone_layers, builder_kwargs):
             return
         body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
         configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)
@@ -131,7 +127,7 @@ class SSD(DetectionModule):
             )
         default_boxes = default_box_generator(aspect_ratios, s_min, s_max)
         head = SSDHead(features.out_channels, default_boxes.num_anchors_per_location(), self.num_classes + 1)
-        self.detector = TorchvisionSSD(
+        detector = TorchvisionSSD(
             features,
             default_boxes,
             (image_size, image_size),
@@ -146,14 +142,4 @@ class SSD(DetectionModule):
             topk_candidates=topk_candidates,
             positive_fraction=1.0 / (1.0 + neg_pos_ratio),
         )
-        self.stage_timer.instrument(self.detector.backbone, "backbone")
-        self.stage_timer.instrument(self.detector.head, "head")
-        time_method(self.stage_timer, self.detector, "postprocess_detections", "decode_nms")
-
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
-        if self.class_map is not None:
-            return run_detector(self.detector, self.class_map, images, targets)
-        return self.detector(images, targets)
-
-    def set_nms_iou(self, iou: float) -> None:
-        self.detector.nms_thresh = iou
+        self.attach(detector)

@@ -25,10 +25,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import batched_nms, box_convert, clip_boxes_to_image
+from torchvision.ops import box_convert
 
 from models.base import DetectionModule
 from models.parts.backbones import Backbone, conv_bn_relu
+from models.parts.postprocess import class_candidates, select_detections
 from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
 from models.registry import register_model
 
@@ -56,7 +57,8 @@ def encode_yolo_targets(
     # Largest box first; the first box of each cell wins.
     order = (w * h).argsort(descending=True, stable=True)
     cells, inverse = torch.unique(cell[order], return_inverse=True)
-    first = torch.full_like(cells, len(order)).scatter_reduce(0, inverse, torch.arange(len(order), device=cell.device), "amin")
+    positions = torch.arange(len(order), device=cell.device)
+    first = torch.full_like(cells, len(order)).scatter_reduce(0, inverse, positions, "amin")
     keep = order[first]
     values = torch.stack(
         [
@@ -139,25 +141,23 @@ def decode_yolo_output(
     """Detections of one image from its S x S x (5B + C) grid (B inferred; targets decode too).
 
     Every box gets C class-specific scores ``P(class | object) x confidence`` (Sec. 2.2); pairs above
-    ``score_thresh`` go through per-class NMS; the ``max_detections`` best are returned as
+    ``score_thresh``, clipped to the image, go through per-class NMS
+    (:func:`models.parts.postprocess.select_detections`); the ``max_detections`` best are returned as
     ``{boxes (xyxy pixels), scores, labels (1..C)}``.
     """
     s = output.shape[0]
     height, width = image_size
     num_boxes = (output.shape[-1] - num_classes) // 5
     boxes = output[..., : 5 * num_boxes].reshape(s, s, num_boxes, 5)
-    rows, cols = torch.meshgrid(torch.arange(s, device=output.device), torch.arange(s, device=output.device), indexing="ij")
+    steps = torch.arange(s, device=output.device)
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
     cx = (cols[..., None] + boxes[..., 0]) / s * width
     cy = (rows[..., None] + boxes[..., 1]) / s * height
     w, h = boxes[..., 2].pow(2) * width, boxes[..., 3].pow(2) * height
     xyxy = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1).reshape(-1, 4)
-    xyxy = clip_boxes_to_image(xyxy, (height, width))
-
     scores = (output[..., None, 5 * num_boxes :] * boxes[..., 4:5]).reshape(-1, num_classes)  # (S*S*B) x C
-    box_idx, class_idx = torch.nonzero(scores > score_thresh, as_tuple=True)
-    scores, xyxy = scores[box_idx, class_idx], xyxy[box_idx]
-    keep = batched_nms(xyxy, scores, class_idx, nms_thresh)[:max_detections]
-    return {"boxes": xyxy[keep], "scores": scores[keep], "labels": class_idx[keep] + 1}
+    candidates = class_candidates(xyxy, scores)
+    return select_detections(*candidates, score_thresh, nms_thresh, max_detections, image_size)
 
 
 class YOLOv1Head(nn.Module):
@@ -262,8 +262,16 @@ class YOLOv1(DetectionModule):
         self.backbone = Backbone(body, (return_layer,))
         cells = math.ceil(image_size / (self.backbone.strides[0] * head_stride)) ** 2
         self.head = YOLOv1Head(
-            self.backbone.out_channels, cells, grid_size, num_boxes, self.num_classes,
-            head_channels, head_stride, hidden_size, dropout, head,
+            self.backbone.out_channels,
+            cells,
+            grid_size,
+            num_boxes,
+            self.num_classes,
+            head_channels,
+            head_stride,
+            hidden_size,
+            dropout,
+            head,
         )
         self.stage_timer.instrument(self.backbone, "backbone")
         self.stage_timer.instrument(self.head, "head")
@@ -281,7 +289,9 @@ class YOLOv1(DetectionModule):
             return yolo_v1_loss(output, encoded, self.num_classes, self.lambda_coord, self.lambda_noobj)
         with self.stage_timer.stage("decode_nms"):
             detections = [
-                decode_yolo_output(o, self.num_classes, size, self.score_thresh, self.nms_thresh, self.detections_per_img)
+                decode_yolo_output(
+                    o, self.num_classes, size, self.score_thresh, self.nms_thresh, self.detections_per_img
+                )
                 for o in output
             ]
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)

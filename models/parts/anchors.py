@@ -1,6 +1,6 @@
-"""Anchors of the one-stage detectors: SSD's default boxes and RetinaNet's anchors (course slide 63).
+"""Anchors: Faster R-CNN's RPN anchors, SSD's default boxes and RetinaNet's anchors (course slides 50-52, 63).
 
-Both tile every location of several feature maps with boxes of a few sizes and aspect ratios; a
+Each tiles every location of one or several feature maps with boxes of a few sizes and aspect ratios; a
 detector classifies each box and regresses its offsets. torchvision's generators
 (:class:`~torchvision.models.detection.anchor_utils.DefaultBoxGenerator`, ``AnchorGenerator``) do the
 tiling; this module computes the papers' sizes for a given image size. Matching anchors to ground
@@ -13,6 +13,25 @@ from __future__ import annotations
 from typing import Sequence
 
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+
+
+def check_one_size_per_level(sizes: Sequence[float], num_levels: int) -> None:
+    """With an FPN the i-th anchor size goes to the i-th level (Lin et al. 2017, Sec. 4.1), so each level needs one."""
+    if len(sizes) != num_levels:
+        raise ValueError(f"an FPN with {num_levels} levels needs one anchor size per level, got sizes={list(sizes)}")
+
+
+def rpn_anchor_generator(sizes: Sequence[int], aspect_ratios: Sequence[float], num_levels: int) -> AnchorGenerator:
+    """The RPN's anchors (Ren et al. 2015, Sec. 3.1.1): every size and ratio on one feature map, or one size per
+    level of a pyramid.
+
+    With one map every location has ``len(sizes) * len(aspect_ratios)`` anchors (the paper: 3 x 3 = 9);
+    with an FPN the i-th size goes to the i-th level (:func:`check_one_size_per_level`).
+    """
+    if num_levels == 1:
+        return AnchorGenerator((tuple(sizes),), (tuple(aspect_ratios),))
+    check_one_size_per_level(sizes, num_levels)
+    return AnchorGenerator(tuple((s,) for s in sizes), (tuple(aspect_ratios),) * num_levels)
 
 
 def ssd_scales(num_maps: int, s_min: float = 0.2, s_max: float = 0.9) -> list[float]:

@@ -42,7 +42,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         stages = []
         for out_channels in channels:
-            stages.append(nn.Sequential(conv_bn_relu(in_channels, out_channels, 2), conv_bn_relu(out_channels, out_channels)))
+            stages.append(
+                nn.Sequential(conv_bn_relu(in_channels, out_channels, 2), conv_bn_relu(out_channels, out_channels))
+            )
             in_channels = out_channels
         self.stages = nn.ModuleList(stages)
         self.stage_channels = {f"c{i + 1}": c for i, c in enumerate(channels)}
@@ -62,7 +64,9 @@ class SmallCNN(nn.Module):
 class _StagedSequential(nn.Module):
     """Runs named ``nn.Sequential`` stages in order and returns every stage's output."""
 
-    def __init__(self, stages: "OrderedDict[str, nn.Module]", channels: dict[str, int], strides: dict[str, int]) -> None:
+    def __init__(
+        self, stages: "OrderedDict[str, nn.Module]", channels: dict[str, int], strides: dict[str, int]
+    ) -> None:
         super().__init__()
         self.stages = nn.ModuleDict(stages)
         self.stage_channels = channels
@@ -102,7 +106,9 @@ def _vgg16(weights: str | None) -> _StagedSequential:
     # Indices of torchvision's VGG16 ``features``: pools at 4, 9, 16, 23, 30. c5 stops before pool5
     # (conv5_3, stride 16), the feature map of Fast and Faster R-CNN.
     stages = OrderedDict(c2=f[:10], c3=f[10:17], c4=f[17:24], c5=f[24:30])
-    return _StagedSequential(stages, {"c2": 128, "c3": 256, "c4": 512, "c5": 512}, {"c2": 4, "c3": 8, "c4": 16, "c5": 16})
+    return _StagedSequential(
+        stages, {"c2": 128, "c3": 256, "c4": 512, "c5": 512}, {"c2": 4, "c3": 8, "c4": 16, "c5": 16}
+    )
 
 
 def _mobilenet_v3(weights: str | None) -> _StagedSequential:
@@ -223,8 +229,16 @@ def configure_body(
     stages = body.stages
     if name in ("resnet18", "resnet50"):
         c2 = stages["c2"]  # conv1, bn1, relu, maxpool, layer1
-        named = nn.ModuleDict({"conv1": c2[0], "bn1": c2[1], "layer1": c2[4], "layer2": stages["c3"],
-                               "layer3": stages["c4"], "layer4": stages["c5"]})
+        named = nn.ModuleDict(
+            {
+                "conv1": c2[0],
+                "bn1": c2[1],
+                "layer1": c2[4],
+                "layer2": stages["c3"],
+                "layer3": stages["c4"],
+                "layer4": stages["c5"],
+            }
+        )
         freeze_resnet_layers(named, trainable_layers)
     elif name == "vgg16":
         freeze_vgg_layers([m for stage in stages.values() for m in stage], trainable_layers)
@@ -258,7 +272,9 @@ class Backbone(nn.Module):
         in_channels = [body.stage_channels[n] for n in self.return_layers]
         self.strides = [body.stage_strides[n] for n in self.return_layers]
         if fpn:
-            extra = {"none": None, "maxpool": LastLevelMaxPool(), "p6p7": LastLevelP6P7(fpn_channels, fpn_channels)}[fpn_extra]
+            extra = {"none": None, "maxpool": LastLevelMaxPool(), "p6p7": LastLevelP6P7(fpn_channels, fpn_channels)}[
+                fpn_extra
+            ]
             self.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=extra)
             self.out_channels = fpn_channels
             extra_levels = {"none": 0, "maxpool": 1, "p6p7": 2}[fpn_extra]
@@ -268,7 +284,8 @@ class Backbone(nn.Module):
                 raise ValueError("fpn_extra needs fpn: true")
             if len(set(in_channels)) != 1:
                 raise ValueError(
-                    f"without an FPN the returned stages {self.return_layers} must have equal channels, got {in_channels}"
+                    f"without an FPN the returned stages {self.return_layers} must have equal channels, "
+                    f"got {in_channels}"
                 )
             self.fpn = None
             self.out_channels = in_channels[0]

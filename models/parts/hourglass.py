@@ -31,7 +31,9 @@ class Residual(nn.Module):
         self.skip = (
             nn.Identity()
             if stride == 1 and in_channels == out_channels
-            else nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels))
+            else nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
         )
         self.relu = nn.ReLU(inplace=True)
 
@@ -70,7 +72,9 @@ class StackedHourglass(nn.Module):
 
     stride = 4
 
-    def __init__(self, num_stacks: int = 1, channels: Sequence[int] = (32, 48, 64, 96), stem_channels: int = 16) -> None:
+    def __init__(
+        self, num_stacks: int = 1, channels: Sequence[int] = (32, 48, 64, 96), stem_channels: int = 16
+    ) -> None:
         super().__init__()
         if num_stacks < 1:
             raise ValueError(f"num_stacks must be >= 1, got {num_stacks}")

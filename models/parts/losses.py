@@ -17,7 +17,9 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 
-def focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "sum") -> Tensor:
+def focal_loss(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "sum"
+) -> Tensor:
     """Sigmoid focal loss of Lin et al. 2017 (Eq. 5), one binary classifier per class.
 
     ``targets`` are 0/1 of the shape of ``logits``. ``alpha`` weighs positives by ``alpha`` and

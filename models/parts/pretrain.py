@@ -119,7 +119,11 @@ def read_voc_split(data_root: str | Path, split: str) -> list[tuple[Path, Tensor
             boxes.append([x1 - 1, y1 - 1, x2, y2])  # VOC is 1-based inclusive
             labels.append(classes.index(obj.find("name").text) + 1)
         records.append(
-            (root / "JPEGImages" / f"{stem}.jpg", torch.tensor(boxes).reshape(-1, 4), torch.tensor(labels, dtype=torch.int64))
+            (
+                root / "JPEGImages" / f"{stem}.jpg",
+                torch.tensor(boxes).reshape(-1, 4),
+                torch.tensor(labels, dtype=torch.int64),
+            )
         )
     return records
 
@@ -137,7 +141,9 @@ def _background_boxes(gt: Tensor, n: int, image_size: tuple[int, int], generator
     """Up to ``n`` random boxes (sides 12 px to 3/4 of the image) with IoU < 0.3 with every object."""
     h, w = image_size
     candidates = 8 * n
-    log_side = torch.empty(candidates).uniform_(math.log(12.0), math.log(max(12.0, 0.75 * min(h, w))), generator=generator)
+    log_side = torch.empty(candidates).uniform_(
+        math.log(12.0), math.log(max(12.0, 0.75 * min(h, w))), generator=generator
+    )
     side, ratio = log_side.exp(), torch.empty(candidates).uniform_(-0.7, 0.7, generator=generator).exp()
     bw, bh = (side / ratio.sqrt()).clamp(max=w), (side * ratio.sqrt()).clamp(max=h)
     x1 = torch.rand(candidates, generator=generator) * (w - bw)
@@ -158,7 +164,9 @@ def sample_crops(
         objects = _jittered(boxes, recipe.crops_per_object, recipe.jitter, generator)
         background = _background_boxes(boxes, recipe.background_per_image, tuple(image.shape[-2:]), generator)
         crops.append(crop_windows(image, torch.cat([objects, background]), recipe.crop_size))
-        labels.append(torch.cat([box_labels.repeat(recipe.crops_per_object), torch.zeros(len(background), dtype=torch.int64)]))
+        labels.append(
+            torch.cat([box_labels.repeat(recipe.crops_per_object), torch.zeros(len(background), dtype=torch.int64)])
+        )
     return normalize(torch.cat(crops)), torch.cat(labels)
 
 
@@ -192,7 +200,10 @@ def _accuracy(model: CropClassifier, crops: Tensor, labels: Tensor) -> float:
 
 
 def cache_path(
-    data_root: str | Path, arch: str = "small_cnn", channels: Sequence[int] | None = None, recipe: PretrainRecipe = PretrainRecipe()
+    data_root: str | Path,
+    arch: str = "small_cnn",
+    channels: Sequence[int] | None = None,
+    recipe: PretrainRecipe = PretrainRecipe(),
 ) -> Path:
     """``<data_root>/.cache/pretrained/<arch>-<hash>.pt``, the hash over the dataset's ``meta.json``,
     the architecture and the recipe: any change to one of them gives a new file."""
@@ -236,7 +247,9 @@ def pretrain_on_shapes(
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         train_crops, train_labels = sample_crops(read_voc_split(data_root, "train"), recipe, generator)
-        val_crops, val_labels = sample_crops(read_voc_split(data_root, "val"), recipe, torch.Generator().manual_seed(seed + 1))
+        val_crops, val_labels = sample_crops(
+            read_voc_split(data_root, "val"), recipe, torch.Generator().manual_seed(seed + 1)
+        )
         num_classes = len(json.loads((Path(data_root) / "meta.json").read_text(encoding="utf-8"))["classes"])
         model = CropClassifier(build_body(arch, None, channels), num_classes + 1)
         _train_classifier(model, train_crops, train_labels, recipe, generator)
@@ -264,13 +277,16 @@ def pretrain_on_shapes(
     return PretrainResult(path, seconds, accuracy, chance, cached=False)
 
 
-def load_shapes_weights(body: nn.Module, name: str, data_root: str | Path, channels: Sequence[int] | None = None) -> PretrainResult:
+def load_shapes_weights(
+    body: nn.Module, name: str, data_root: str | Path, channels: Sequence[int] | None = None
+) -> PretrainResult:
     """Copy the shapes-pretrained weights of ``name`` into ``body`` (pretraining first if not cached)."""
     result = pretrain_on_shapes(data_root, arch=name, channels=channels)
     body.load_state_dict(torch.load(result.path, map_location="cpu", weights_only=True)["state_dict"])
     if result.cached:
         rank_zero_info(
-            f"loaded {name} pretrained on shapes ({result.seconds:.1f} s, crop accuracy {result.accuracy:.3f}) from {result.path}"
+            f"loaded {name} pretrained on shapes ({result.seconds:.1f} s, crop accuracy {result.accuracy:.3f}) "
+            f"from {result.path}"
         )
     return result
 
@@ -313,8 +329,10 @@ def load_deferred_shapes_weights(model: nn.Module, default_root: str | Path | No
             name, data_root, channels = deferred
             data_root = data_root or default_root
             if data_root is None:
-                raise ValueError("weights: shapes needs the generated shapes dataset: set the model's data_root "
-                                 "or train with a DataModule that has a `root`")
+                raise ValueError(
+                    "weights: shapes needs the generated shapes dataset: set the model's data_root "
+                    "or train with a DataModule that has a `root`"
+                )
             results.append(load_shapes_weights(module, name, data_root, channels))
             module.deferred_shapes_weights = None
     return results

@@ -8,8 +8,9 @@ size feed the same fully connected layers. Two sibling outputs follow (Sec. 2): 
 instead of snapping the region to the grid. The multi-task loss (Sec. 2.3, Eq. 1) is the cross-entropy
 plus the smooth L1 loss of the true class's deltas (foreground RoIs only).
 
-The decoding that turns scores and deltas into detections (per-class boxes, score threshold, per-class
-NMS) is shared with R-CNN, whose per-region CNN has the same two outputs.
+The decoding that turns scores and deltas into detections (per-class boxes, then the score threshold and
+per-class NMS of :mod:`models.parts.postprocess`) is shared with R-CNN, whose per-region CNN has the same
+two outputs.
 """
 
 from __future__ import annotations
@@ -20,41 +21,44 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
+from torchvision.ops import roi_align, roi_pool
 
 from models.parts.box_coding import BoxCoder
+from models.parts.postprocess import class_candidates, select_detections
 
 
-class RoIPool(nn.Module):
+class RoIPooler(nn.Module):
     """Crop each region's features to ``output_size`` x ``output_size``: RoI max pooling
-    (``op="pool"``, Fast R-CNN Sec. 2.1) or RoI Align (``op="align"``, Mask R-CNN Sec. 3).
+    (``kind="pool"``, Fast R-CNN Sec. 2.1) or RoI Align (``kind="align"``, Mask R-CNN Sec. 3).
 
-    ``spatial_scale`` maps image pixels to feature cells (1 / the feature map's stride).
+    ``spatial_scale`` maps image pixels to feature cells (1 / the feature map's stride); ``sampling_ratio``
+    is RoI Align's bilinear samples per bin side.
     """
 
     def __init__(
         self,
         output_size: int = 7,
         spatial_scale: float = 1.0 / 16,
-        op: Literal["pool", "align"] = "pool",
+        kind: Literal["pool", "align"] = "pool",
         sampling_ratio: int = 2,
     ) -> None:
         super().__init__()
-        if op not in ("pool", "align"):
-            raise ValueError(f"roi op must be 'pool' or 'align', got {op!r}")
-        self.output_size, self.spatial_scale, self.op, self.sampling_ratio = output_size, spatial_scale, op, sampling_ratio
+        if kind not in ("pool", "align"):
+            raise ValueError(f"RoI pooler kind must be 'pool' or 'align', got {kind!r}")
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+        self.kind, self.sampling_ratio = kind, sampling_ratio
 
     def forward(self, features: Tensor, boxes: list[Tensor]) -> Tensor:
         """``features`` B x C x H x W, ``boxes`` one R_i x 4 (xyxy image pixels) per image ->
         (sum R_i) x C x output_size x output_size, in the order of the images then their boxes."""
         boxes = [b.to(features.dtype) for b in boxes]
         size = (self.output_size, self.output_size)
-        if self.op == "pool":
+        if self.kind == "pool":
             return roi_pool(features, boxes, size, self.spatial_scale)
         return roi_align(features, boxes, size, self.spatial_scale, self.sampling_ratio, aligned=True)
 
     def extra_repr(self) -> str:
-        return f"op={self.op}, output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+        return f"kind={self.kind}, output_size={self.output_size}, spatial_scale={self.spatial_scale}"
 
 
 class FastRCNNHead(nn.Module):
@@ -64,16 +68,16 @@ class FastRCNNHead(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, num_classes_with_background: int, roi_pool: RoIPool, representation_size: int = 256
+        self, in_channels: int, num_classes_with_background: int, roi_pooler: RoIPooler, representation_size: int = 256
     ) -> None:
         super().__init__()
-        self.roi_pool = roi_pool
-        self.fc_layers = TwoMLPHead(in_channels * roi_pool.output_size**2, representation_size)
+        self.roi_pooler = roi_pooler
+        self.fc_layers = TwoMLPHead(in_channels * roi_pooler.output_size**2, representation_size)
         self.predictor = FastRCNNPredictor(representation_size, num_classes_with_background)
 
     def forward(self, features: Tensor, boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits (R x (K+1)) and box deltas (R x 4 (K+1)) of every box of every image."""
-        return self.predictor(self.fc_layers(self.roi_pool(features, boxes)))
+        return self.predictor(self.fc_layers(self.roi_pooler(features, boxes)))
 
 
 def fast_rcnn_loss(
@@ -113,17 +117,9 @@ def postprocess_detections(
     min_box_size: float = 1e-2,
 ) -> dict[str, Tensor]:
     """Detections of one image from its regions' scores (R x (K+1), column 0 background, unused) and
-    deltas (R x 4 (K+1)): each region gives one box per class, moved by that class's deltas and clipped
-    to the image; boxes scoring above ``score_thresh`` go through per-class NMS (both papers: IoU 0.3)
-    and the ``detections_per_img`` best are kept."""
-    num_classes = class_scores.shape[1]
-    boxes = box_coder.decode(box_deltas, proposals).reshape(-1, num_classes, 4)
-    boxes = clip_boxes_to_image(boxes, image_size)[:, 1:].reshape(-1, 4)
-    scores = class_scores[:, 1:].reshape(-1)
-    labels = torch.arange(1, num_classes, device=scores.device).repeat(len(class_scores))
-    keep = torch.where(scores > score_thresh)[0]
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = remove_small_boxes(boxes, min_box_size)
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    deltas (R x 4 (K+1)): each region gives one box per class, moved by that class's deltas; then
+    :func:`models.parts.postprocess.select_detections` (clipping to the image, score threshold, per-class
+    NMS, both papers at IoU 0.3, and the ``detections_per_img`` best)."""
+    boxes = box_coder.decode(box_deltas, proposals).reshape(-1, class_scores.shape[1], 4)
+    candidates = class_candidates(boxes[:, 1:], class_scores[:, 1:])
+    return select_detections(*candidates, score_thresh, nms_thresh, detections_per_img, image_size, min_box_size)

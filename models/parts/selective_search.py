@@ -148,7 +148,9 @@ class SelectiveSearch:
             raise ValueError(f"max_proposals must be >= 1, got {max_proposals}")
         self.mode, self.max_proposals, self.min_size = mode, max_proposals, float(min_size)
         self.base_k, self.inc_k, self.sigma = base_k, inc_k, sigma
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "cv-course" / "selective_search"
+        self.cache_dir = (
+            Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "cv-course" / "selective_search"
+        )
         self.use_cache = use_cache
         self.num_threads = num_threads
         self.num_computed = 0
@@ -246,7 +248,10 @@ class SelectiveSearch:
             entries = [(digest, boxes)]
         else:
             mirrored = _load(self._path(mirror_digest))
-            entries = [(digest, boxes), (mirror_digest, mirrored if mirrored is not None else mirror_boxes(boxes, pixels.shape[1]))]
+            entries = [
+                (digest, boxes),
+                (mirror_digest, mirrored if mirrored is not None else mirror_boxes(boxes, pixels.shape[1])),
+            ]
         for key, value in entries:
             self.remember(key, value)
         return boxes, entries
@@ -286,7 +291,10 @@ class SelectiveSearch:
                     self.remember(digest, boxes)
         if computed:
             seconds = time.perf_counter() - start
-            rank_zero_info(f"{desc}: {computed} images segmented in {seconds:.1f} s ({seconds / computed:.3f} s/img) -> {self.cache_dir}")
+            rank_zero_info(
+                f"{desc}: {computed} images segmented in {seconds:.1f} s ({seconds / computed:.3f} s/img) "
+                f"-> {self.cache_dir}"
+            )
         return computed
 
 

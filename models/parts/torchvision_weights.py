@@ -47,8 +47,14 @@ _SEGMENTERS = ("fcn_resnet50", "deeplabv3_resnet50")
 # builders that call ``overwrite_eps(model, 0.0)`` after loading their COCO_V1 weights
 _EPS_ZERO = ("fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn", "retinanet_resnet50_fpn")
 # COCO's spelling of the VOC classes, so VOC-label weights can be evaluated on COCO's VOC subset
-VOC_TO_COCO_NAMES = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "diningtable": "dining table",
-                     "pottedplant": "potted plant", "tvmonitor": "tv"}
+VOC_TO_COCO_NAMES = {
+    "aeroplane": "airplane",
+    "motorbike": "motorcycle",
+    "sofa": "couch",
+    "diningtable": "dining table",
+    "pottedplant": "potted plant",
+    "tvmonitor": "tv",
+}
 
 _state = threading.local()
 
@@ -314,19 +320,6 @@ def build_pretrained(
     return model, ClassMap(index, len(categories))
 
 
-#: the stages a pretrained torchvision detector is timed by, named as in the model's own build: modules
-#: (attribute, stage) and the method that decodes (owner attribute or "" for the detector, method, stage)
-_DETECTOR_STAGES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, str, str]]] = {
-    "faster_rcnn": ((("backbone", "backbone"), ("rpn", "proposals"), ("roi_heads", "per_region_head")),
-                    ("transform", "postprocess", "postprocess")),
-    "mask_rcnn": ((("transform", "transform"), ("backbone", "backbone"), ("rpn", "rpn"), ("roi_heads", "roi_heads")),
-                  ("transform", "postprocess", "postprocess")),
-    "retinanet": ((("backbone", "backbone"), ("head", "head")), ("", "postprocess_detections", "decode_nms")),
-    "fcos": ((("backbone", "backbone"), ("head", "head")), ("", "postprocess_detections", "decode_nms")),
-    "ssd": ((("backbone", "backbone"), ("head", "head")), ("", "postprocess_detections", "decode_nms")),
-}
-
-
 def adopt_pretrained_detector(
     module: nn.Module,
     name: str,
@@ -335,21 +328,14 @@ def adopt_pretrained_detector(
     builder_kwargs: dict[str, Any] | None = None,
 ) -> bool:
     """When ``weights`` names whole-model torchvision weights for the registered detector ``name``: give
-    ``module`` torchvision's network (``module.detector``) and its class map, its stages on the module's
-    stage timer, and return True. Otherwise set ``module.class_map = None`` and return False (the model
-    then builds its own network)."""
-    from models.parts.timing import time_method
-
+    ``module`` torchvision's network (``module.detector``) and its class map and return True. Otherwise set
+    ``module.class_map = None`` and return False (the model then builds its own network)."""
     module.class_map = None
     if pretrained_weights(PRETRAINED_BUILDERS[name], weights) is None:
         return False
     module.detector, module.class_map = build_pretrained(
         PRETRAINED_BUILDERS[name], weights, module.class_names, trainable_backbone_layers, builder_kwargs
     )
-    stages, (owner, method, stage) = _DETECTOR_STAGES[name]
-    for attribute, stage_name in stages:
-        module.stage_timer.instrument(getattr(module.detector, attribute), stage_name)
-    time_method(module.stage_timer, getattr(module.detector, owner) if owner else module.detector, method, stage)
     return True
 
 

@@ -25,7 +25,7 @@ def nearest_unpool(x: Tensor, factor: int = 2) -> Tensor:
 
 
 def bed_of_nails_unpool(x: Tensor, factor: int = 2) -> Tensor:
-    """"Bed of nails" unpooling: every value goes to the top-left of its ``factor x factor`` block,
+    """ "Bed of nails" unpooling: every value goes to the top-left of its ``factor x factor`` block,
     zeros elsewhere (slide 136)."""
     out = x.new_zeros(*x.shape[:-2], x.shape[-2] * factor, x.shape[-1] * factor)
     out[..., ::factor, ::factor] = x
@@ -110,7 +110,9 @@ class TransposeConvUpsample(Upsampler):
     def __init__(self, channels: int, factor: int) -> None:
         super().__init__(factor)
         kernel = 2 * factor - factor % 2
-        self.conv = nn.ConvTranspose2d(channels, channels, kernel, stride=factor, padding=(kernel - factor) // 2, bias=False)
+        self.conv = nn.ConvTranspose2d(
+            channels, channels, kernel, stride=factor, padding=(kernel - factor) // 2, bias=False
+        )
         with torch.no_grad():
             self.conv.weight.zero_()
             weights = bilinear_kernel(kernel, factor)

@@ -58,10 +58,12 @@ def dilate_stage(stage: nn.Module, dilation: int, previous_dilation: int = 1) ->
 
 def deeplab_head(in_channels: int, num_outputs: int, atrous_rates: Sequence[int], channels: int = 256) -> nn.Sequential:
     """ASPP, a 3x3 conv-BN-ReLU and a 1x1 classifier: torchvision's ``DeepLabHead`` at any width."""
-    return nn.Sequential(ASPP(in_channels, atrous_rates, channels), conv_bn_relu(channels, channels), nn.Conv2d(channels, num_outputs, 1))
+    return nn.Sequential(
+        ASPP(in_channels, atrous_rates, channels), conv_bn_relu(channels, channels), nn.Conv2d(channels, num_outputs, 1)
+    )
 
 
-@register_model("deeplabv3", family="semantic_segmentation", task="semantic")
+@register_model("deeplabv3", family="semantic_segmentation")
 class DeepLabV3(SemanticSegmentationModule):
     """DeepLabv3 on ``backbone``'s ``c5``, dilated to ``output_stride``.
 
@@ -102,7 +104,9 @@ class DeepLabV3(SemanticSegmentationModule):
         self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
         self.backbone = Backbone(load_pretrained_body(backbone, weights, data_root, defer=True), return_layers=("c5",))
         if self.backbone.strides[-1] != 32:
-            raise ValueError(f"deeplabv3 needs a backbone whose c5 has stride 32; {backbone}'s has {self.backbone.strides[-1]}")
+            raise ValueError(
+                f"deeplabv3 needs a backbone whose c5 has stride 32; {backbone}'s has {self.backbone.strides[-1]}"
+            )
         stages = self.backbone.body.stages
         stages = stages if isinstance(stages, nn.ModuleDict) else {f"c{i + 1}": stage for i, stage in enumerate(stages)}
         if output_stride == 8:

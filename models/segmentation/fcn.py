@@ -41,7 +41,9 @@ class PoolingEncoder(nn.Module):
     ``forward`` returns the stage outputs by stride and, for max pooling, the pooling indices by stride.
     """
 
-    def __init__(self, channels: Sequence[int], downsample: Downsampling = "max_pool", convs_per_stage: int = 1) -> None:
+    def __init__(
+        self, channels: Sequence[int], downsample: Downsampling = "max_pool", convs_per_stage: int = 1
+    ) -> None:
         super().__init__()
         if downsample not in ("max_pool", "strided_conv"):
             raise ValueError(f"unknown downsample {downsample!r}; expected max_pool or strided_conv")
@@ -106,13 +108,17 @@ class UpsamplingDecoder(nn.Module):
         self.top_stride = strides[-1]
         bad = [s for s in fused_strides if s not in stage_channels or s >= self.top_stride]
         if bad:
-            raise ValueError(f"skip fusion at strides {bad} needs encoder stages finer than the coarsest {self.top_stride}")
+            raise ValueError(
+                f"skip fusion at strides {bad} needs encoder stages finer than the coarsest {self.top_stride}"
+            )
         self.steps = nn.ModuleList()
         self.skips = nn.ModuleDict()
         width, stride = stage_channels[self.top_stride], self.top_stride
         while stride > 1:
             out_width = stage_channels.get(stride // 2, width)
-            self.steps.append(nn.ModuleDict({"up": build_upsampler(kind, width, 2), "conv": conv_bn_relu(width, out_width)}))
+            self.steps.append(
+                nn.ModuleDict({"up": build_upsampler(kind, width, 2), "conv": conv_bn_relu(width, out_width)})
+            )
             stride, width = stride // 2, out_width
             if stride in fused_strides:
                 skip = nn.Conv2d(stage_channels[stride], width, 1)
@@ -131,7 +137,7 @@ class UpsamplingDecoder(nn.Module):
         return x
 
 
-@register_model("fcn", family="semantic_segmentation", task="semantic")
+@register_model("fcn", family="semantic_segmentation")
 class FCN(SemanticSegmentationModule):
     """Encoder-decoder FCN; every option of the course's slides by config.
 
@@ -177,7 +183,10 @@ class FCN(SemanticSegmentationModule):
         else:
             self.encoder = BackboneEncoder(backbone, weights, data_root)
         if upsampling == "max_unpool" and not (backbone is None and downsample == "max_pool"):
-            raise ValueError("upsampling: max_unpool needs the pooling indices of the built-in encoder: use backbone: null and downsample: max_pool")
+            raise ValueError(
+                "upsampling: max_unpool needs the pooling indices of the built-in encoder: "
+                "use backbone: null and downsample: max_pool"
+            )
         self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
         self.decoder = UpsamplingDecoder(self.encoder.stage_channels, upsampling, _FUSED_STRIDES[skip_fusion])
         self.classifier = nn.Conv2d(self.decoder.out_channels, self.num_classes + 1, 1)
@@ -199,7 +208,7 @@ class FCN(SemanticSegmentationModule):
 
 
 # The course's upsampling variants under their own names, so comparisons list each of them.
-@register_model("fcn_nearest", family="semantic_segmentation", task="semantic")
+@register_model("fcn_nearest", family="semantic_segmentation")
 class FCNNearest(FCN):
     """FCN decoding with nearest-neighbour unpooling (slide 136)."""
 
@@ -207,7 +216,7 @@ class FCNNearest(FCN):
         super().__init__(upsampling=upsampling, **kwargs)
 
 
-@register_model("fcn_bed_of_nails", family="semantic_segmentation", task="semantic")
+@register_model("fcn_bed_of_nails", family="semantic_segmentation")
 class FCNBedOfNails(FCN):
     """FCN decoding with "bed of nails" unpooling (slide 136)."""
 
@@ -215,7 +224,7 @@ class FCNBedOfNails(FCN):
         super().__init__(upsampling=upsampling, **kwargs)
 
 
-@register_model("fcn_max_unpool", family="semantic_segmentation", task="semantic")
+@register_model("fcn_max_unpool", family="semantic_segmentation")
 class FCNMaxUnpool(FCN):
     """FCN decoding with max unpooling at the encoder's pooling indices (slide 137, SegNet)."""
 
@@ -223,7 +232,7 @@ class FCNMaxUnpool(FCN):
         super().__init__(upsampling=upsampling, **kwargs)
 
 
-@register_model("fcn_bilinear", family="semantic_segmentation", task="semantic")
+@register_model("fcn_bilinear", family="semantic_segmentation")
 class FCNBilinear(FCN):
     """FCN decoding with fixed bilinear interpolation."""
 

@@ -41,7 +41,7 @@ class ExpandingStep(nn.Module):
         return self.convs(torch.cat([skip, self.up(x)], dim=1))
 
 
-@register_model("unet", family="semantic_segmentation", task="semantic")
+@register_model("unet", family="semantic_segmentation")
 class UNet(SemanticSegmentationModule):
     """U-Net with ``len(channels) - 1`` poolings, or on a backbone's stages.
 
@@ -83,10 +83,12 @@ class UNet(SemanticSegmentationModule):
         )
         finest = strides[0]
         width = self.stage_widths[finest]
-        self.to_full_resolution = nn.Sequential(*[
-            nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2), double_conv(width, width))
-            for _ in range(finest.bit_length() - 1)
-        ])
+        self.to_full_resolution = nn.Sequential(
+            *[
+                nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2), double_conv(width, width))
+                for _ in range(finest.bit_length() - 1)
+            ]
+        )
         self.classifier = nn.Conv2d(width, self.num_classes + 1, 1)
         self.size_multiple = strides[-1]
 

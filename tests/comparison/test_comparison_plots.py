@@ -16,13 +16,38 @@ def test_labels_of_crowded_points_end_up_apart_and_near_their_points():
 
 
 def test_detection_and_segmentation_get_their_own_panels(tmp_path):
-    rows = [{"run": f"det{i}", "model": "fcos", "family": fam, "group": "", "status": "ok",
-             "latency_ms_median": 10.0 + i, "voc07/mAP": 0.3 + 0.01 * i}
-            for i, fam in enumerate(["anchor_free", "two_stage", "one_stage_anchor", "instance_segmentation"])]
-    rows += [{"run": "fcn", "model": "fcn", "family": "semantic_segmentation", "group": "", "status": "ok",
-              "latency_ms_median": 5.0, "mean_iou": 0.6},
-             {"run": "abl", "model": "fcn", "family": "semantic_segmentation", "group": "g", "status": "ok",
-              "latency_ms_median": 5.0, "mean_iou": 0.6}]
+    rows = [
+        {
+            "run": f"det{i}",
+            "model": "fcos",
+            "family": fam,
+            "group": "",
+            "status": "ok",
+            "latency_ms_median": 10.0 + i,
+            "voc07/mAP": 0.3 + 0.01 * i,
+        }
+        for i, fam in enumerate(["anchor_free", "two_stage", "one_stage_anchor", "instance_segmentation"])
+    ]
+    rows += [
+        {
+            "run": "fcn",
+            "model": "fcn",
+            "family": "semantic_segmentation",
+            "group": "",
+            "status": "ok",
+            "latency_ms_median": 5.0,
+            "mean_iou": 0.6,
+        },
+        {
+            "run": "abl",
+            "model": "fcn",
+            "family": "semantic_segmentation",
+            "group": "g",
+            "status": "ok",
+            "latency_ms_median": 5.0,
+            "mean_iou": 0.6,
+        },
+    ]
     assert plot_speed_accuracy(rows, tmp_path / "a.png") == ["Detection", "Semantic segmentation"]
     assert (tmp_path / "a.png").stat().st_size > 1000
     assert plot_speed_accuracy(rows[-2:-1], tmp_path / "b.png") == ["Semantic segmentation"]

@@ -11,9 +11,20 @@ SPEC = {"tables": ["rcnn_family", "detectors", "segmentation", "ablations"]}
 
 
 def _row(run, **extra):
-    row = {"run": run, "model": run, "family": "anchor_free", "group": "", "status": "ok", "error": "",
-           "latency_ms_median": 10.0, "voc07/mAP": 0.5, "train_steps": 4, "train_epochs": 0.5, "train_s": 1.0,
-           "trained": "trained"}
+    row = {
+        "run": run,
+        "model": run,
+        "family": "anchor_free",
+        "group": "",
+        "status": "ok",
+        "error": "",
+        "latency_ms_median": 10.0,
+        "voc07/mAP": 0.5,
+        "train_steps": 4,
+        "train_epochs": 0.5,
+        "train_s": 1.0,
+        "trained": "trained",
+    }
     row.update(extra)
     return row
 
@@ -46,8 +57,9 @@ def test_concurrent_comparisons_on_one_folder_lose_no_row(tmp_path):
 
 
 def test_a_preview_heads_every_table_as_not_converged():
-    md = render([_row("fcos"), _row("fcn", family="semantic_segmentation", mean_iou=0.3)], SPEC, {}, "## h",
-                preview=True)
+    md = render(
+        [_row("fcos"), _row("fcn", family="semantic_segmentation", mean_iou=0.3)], SPEC, {}, "## h", preview=True
+    )
     headings = [line for line in md.splitlines() if line.startswith("### ")]
     assert len(headings) == 4 and all("(preview, not converged)" in h for h in headings)
     assert "not converged" in md.split("### ")[0]

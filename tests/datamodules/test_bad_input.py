@@ -19,11 +19,15 @@ CLASSES = ("cat", "dog")
 def obj(name: str = "cat", box=(3, 4, 10, 12), difficult: int | None = None) -> str:
     diff = f"<difficult>{difficult}</difficult>" if difficult is not None else ""
     x1, y1, x2, y2 = box
-    return (f"<object><name>{name}</name>{diff}<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
-            f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+    return (
+        f"<object><name>{name}</name>{diff}<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+        f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+    )
 
 
-def make_voc(root: Path, objects: str = "", xml: str | None = None, size=(32, 24), image: Image.Image | None = None) -> Path:
+def make_voc(
+    root: Path, objects: str = "", xml: str | None = None, size=(32, 24), image: Image.Image | None = None
+) -> Path:
     """A one-image VOC year folder ``root`` (image ``a``, W x H = ``size``)."""
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -43,8 +47,17 @@ def make_coco(root: Path, images=None, annotations=None, file_name: str = "a.png
     doc = {
         "images": images if images is not None else [{"id": 1, "file_name": file_name, "width": w, "height": h}],
         "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-        "annotations": annotations if annotations is not None else [
-            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [2, 3, 5, 6], "iscrowd": 0, "segmentation": [[2, 3, 7, 3, 7, 9, 2, 9]]}
+        "annotations": annotations
+        if annotations is not None
+        else [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 2,
+                "bbox": [2, 3, 5, 6],
+                "iscrowd": 0,
+                "segmentation": [[2, 3, 7, 3, 7, 9, 2, 9]],
+            }
         ],
     }
     (root / "ann.json").write_text(json.dumps(doc))
@@ -101,8 +114,10 @@ def test_malformed_xml(tmp_path: Path) -> None:
 
 
 def test_xml_entity_expansion_is_refused(tmp_path: Path) -> None:
-    evil = ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;">]>'
-            "<annotation><size><width>32</width><height>24</height></size><object><name>&y;</name></object></annotation>")
+    evil = (
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;">]>'
+        "<annotation><size><width>32</width><height>24</height></size><object><name>&y;</name></object></annotation>"
+    )
     with pytest.raises(DatasetError, match=r"a\.xml: XML refused by defusedxml"):
         voc(make_voc(tmp_path, xml=evil))
 
@@ -112,12 +127,23 @@ def test_xml_entity_expansion_is_refused(tmp_path: Path) -> None:
     [
         ("<annotation><object/></annotation>", "size: missing"),
         ("<annotation><size><width>32</width></size></annotation>", r"size\.height: missing"),
-        ("<annotation><size><width>32</width><height>x</height></size></annotation>", r"size\.height: expected a number"),
-        ("<annotation><size><width>32</width><height>24</height></size><object><bndbox/></object></annotation>", r"object\[1\]\.name: missing"),
-        ("<annotation><size><width>32</width><height>24</height></size><object><name>cat</name></object></annotation>", r"object\[1\]\.bndbox: missing"),
-        (f"<annotation><size><width>32</width><height>24</height></size>{obj()}"
-         "<object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax></bndbox></object></annotation>",
-         r"object\[2\]\.bndbox\.ymax: missing"),
+        (
+            "<annotation><size><width>32</width><height>x</height></size></annotation>",
+            r"size\.height: expected a number",
+        ),
+        (
+            "<annotation><size><width>32</width><height>24</height></size><object><bndbox/></object></annotation>",
+            r"object\[1\]\.name: missing",
+        ),
+        (
+            "<annotation><size><width>32</width><height>24</height></size><object><name>cat</name></object></annotation>",
+            r"object\[1\]\.bndbox: missing",
+        ),
+        (
+            f"<annotation><size><width>32</width><height>24</height></size>{obj()}"
+            "<object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax></bndbox></object></annotation>",
+            r"object\[2\]\.bndbox\.ymax: missing",
+        ),
     ],
 )
 def test_xml_missing_required_field(tmp_path: Path, xml: str, field: str) -> None:
@@ -138,11 +164,20 @@ def test_malformed_json(tmp_path: Path) -> None:
         (lambda d: d.pop("categories"), r"categories: missing"),
         (lambda d: d["images"][0].pop("file_name"), r"images\[0\]\.file_name: missing"),
         (lambda d: d["images"][0].update(width=0), r"images\[0\]\.width: expected a positive integer"),
-        (lambda d: d["annotations"][0].pop("bbox"), r"annotations\[0\] \(id 1\)\.bbox: expected \[x, y, width, height\]"),
-        (lambda d: d["annotations"][0].update(bbox=[1, "a", 2, 2]), r"annotations\[0\] \(id 1\)\.bbox\[1\]: expected a number"),
+        (
+            lambda d: d["annotations"][0].pop("bbox"),
+            r"annotations\[0\] \(id 1\)\.bbox: expected \[x, y, width, height\]",
+        ),
+        (
+            lambda d: d["annotations"][0].update(bbox=[1, "a", 2, 2]),
+            r"annotations\[0\] \(id 1\)\.bbox\[1\]: expected a number",
+        ),
         (lambda d: d["annotations"][0].update(image_id=9), r"annotations\[0\]\.image_id: no image with id 9"),
         (lambda d: d["annotations"][0].pop("segmentation"), r"annotations\[0\] \(id 1\)\.segmentation: missing"),
-        (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3]]), r"annotations\[0\] \(id 1\)\.segmentation\[0\]: a polygon needs"),
+        (
+            lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3]]),
+            r"annotations\[0\] \(id 1\)\.segmentation\[0\]: a polygon needs",
+        ),
     ],
 )
 def test_json_missing_or_bad_field(tmp_path: Path, edit, field: str) -> None:
@@ -168,10 +203,13 @@ def test_unknown_class_skip_is_counted_and_warned(tmp_path: Path) -> None:
     assert ds.stats["unknown_class_skipped"] == 1
     _, t = ds[0]
     assert t["labels"].tolist() == [1, 2]
-    ann = make_coco(tmp_path / "c", annotations=[
-        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 3, 3]},
-        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3]},
-    ])
+    ann = make_coco(
+        tmp_path / "c",
+        annotations=[
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 3, 3]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3]},
+        ],
+    )
     with pytest.raises(DatasetError, match=r"ann\.json: annotations\[0\] \(id 1\)\.category_id: unknown category 7"):
         COCODataset(ann, tmp_path / "c" / "img")
     with pytest.warns(DatasetWarning, match="unknown classes skipped"):
@@ -182,7 +220,12 @@ def test_unknown_class_skip_is_counted_and_warned(tmp_path: Path) -> None:
 # -- boxes ---------------------------------------------------------------------------------------------------
 def test_boxes_outside_are_clipped_and_degenerate_dropped_with_one_warning(tmp_path: Path) -> None:
     # image 32 x 24; VOC 1-based: xmin 0 -> x1 -1 (outside), xmax 40 > 32; (30..29) is empty; (33..40) lies outside
-    objs = obj("cat", (0, 2, 40, 30)) + obj("dog", (5, 5, 9, 9)) + obj("dog", (31, 5, 29, 9), difficult=1) + obj("cat", (34, 1, 40, 5))
+    objs = (
+        obj("cat", (0, 2, 40, 30))
+        + obj("dog", (5, 5, 9, 9))
+        + obj("dog", (31, 5, 29, 9), difficult=1)
+        + obj("cat", (34, 1, 40, 5))
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = voc(make_voc(tmp_path, objs), keep_difficult=True)
@@ -197,11 +240,14 @@ def test_boxes_outside_are_clipped_and_degenerate_dropped_with_one_warning(tmp_p
 
 
 def test_coco_box_outside_clipped_and_zero_size_dropped(tmp_path: Path) -> None:
-    ann = make_coco(tmp_path, annotations=[
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [-2.5, 20, 10, 10]},
-        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [4, 4, 0, 3]},
-        {"id": 3, "image_id": 1, "category_id": 2, "bbox": [4, 4, 2, 3], "iscrowd": 1},
-    ])
+    ann = make_coco(
+        tmp_path,
+        annotations=[
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [-2.5, 20, 10, 10]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [4, 4, 0, 3]},
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [4, 4, 2, 3], "iscrowd": 1},
+        ],
+    )
     with pytest.warns(DatasetWarning, match=r"ann\.json.*1 box\(es\) clipped.*1 degenerate"):
         ds = COCODataset(ann, tmp_path / "img")
     _, t = ds[0]
@@ -249,7 +295,9 @@ def test_non_rgb_images_are_converted_to_rgb(tmp_path: Path, mode: str) -> None:
     assert x.shape == (3, 24, 32) and x.dtype == torch.float32
     pixel = (x[:, 5, 5] * 255).round().tolist()
     if mode == "L":
-        assert pixel[0] == pixel[1] == pixel[2] == Image.new("RGB", (1, 1), (200, 100, 50)).convert("L").getpixel((0, 0))
+        assert (
+            pixel[0] == pixel[1] == pixel[2] == Image.new("RGB", (1, 1), (200, 100, 50)).convert("L").getpixel((0, 0))
+        )
     elif mode == "I;16":
         assert pixel[0] == pixel[1] == pixel[2] == round(40000 / 65535 * 255)
     else:  # colour kept (alpha dropped, palette expanded, CMYK converted) up to JPEG rounding
@@ -268,7 +316,10 @@ def test_image_without_objects_is_a_negative_sample(tmp_path: Path) -> None:
 
 
 def test_semantic_batch_of_unequal_sizes_explains_the_fix() -> None:
-    batch = [(torch.zeros(3, 4, 5), torch.zeros(4, 5, dtype=torch.long)), (torch.zeros(3, 6, 5), torch.zeros(6, 5, dtype=torch.long))]
+    batch = [
+        (torch.zeros(3, 4, 5), torch.zeros(4, 5, dtype=torch.long)),
+        (torch.zeros(3, 6, 5), torch.zeros(6, 5, dtype=torch.long)),
+    ]
     with pytest.raises(DatasetError, match="different sizes.*Resize"):
         collate_semantic(batch)
 
@@ -289,9 +340,12 @@ def test_semantic_png_with_values_outside_the_classes(tmp_path: Path) -> None:
 
 # -- polygon and RLE values (checked before pycocotools' C code sees them) -----------------------------------
 def _coco_with_segmentation(root: Path, segmentation) -> Path:
-    return make_coco(root, annotations=[
-        {"id": 1, "image_id": 1, "category_id": 2, "bbox": [2, 3, 5, 6], "iscrowd": 0, "segmentation": segmentation}
-    ])
+    return make_coco(
+        root,
+        annotations=[
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [2, 3, 5, 6], "iscrowd": 0, "segmentation": segmentation}
+        ],
+    )
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
@@ -327,8 +381,10 @@ def test_empty_polygon_list_is_a_named_error(tmp_path: Path) -> None:
     ("rle", "field"),
     [
         # a valid string for a shorter mask: decoded by pycocotools into garbage (uninitialised pixels)
-        ({"size": [24, 32], "counts": "0"},
-         r"segmentation\.counts: compressed RLE runs sum to 0, not height \* width = 768"),
+        (
+            {"size": [24, 32], "counts": "0"},
+            r"segmentation\.counts: compressed RLE runs sum to 0, not height \* width = 768",
+        ),
         # the RLE of a 32 x 32 mask under a 24 x 32 size: pycocotools would write past the mask
         ({"size": [24, 32], "counts": "PP1"}, r"segmentation\.counts: compressed RLE runs sum to 1024, not"),
         ({"size": [24, 32], "counts": "0`"}, r"segmentation\.counts: compressed RLE string is truncated"),
@@ -355,8 +411,15 @@ def test_string_ids_match_annotations_to_their_image(tmp_path: Path, image_id, a
     ann = make_coco(
         tmp_path,
         images=[{"id": image_id, "file_name": "a.png", "width": 32, "height": 24}],
-        annotations=[{"id": "7", "image_id": ann_image_id, "category_id": category_id, "bbox": [2, 3, 5, 6],
-                      "segmentation": [[2, 3, 7, 3, 7, 9, 2, 9]]}],
+        annotations=[
+            {
+                "id": "7",
+                "image_id": ann_image_id,
+                "category_id": category_id,
+                "bbox": [2, 3, 5, 6],
+                "segmentation": [[2, 3, 7, 3, 7, 9, 2, 9]],
+            }
+        ],
     )
     ds = COCODataset(ann, tmp_path / "img", task="instance")
     assert ds.stats["objects"] == 1
@@ -371,8 +434,9 @@ def test_string_id_that_is_not_an_integer_is_a_named_error(tmp_path: Path) -> No
         COCODataset(ann, tmp_path / "img")
 
 
-def test_shapes_coco_reader_with_string_ids_keeps_every_object(tiny_shapes_dataset: Path, tiny_shapes_params: dict,
-                                                                tmp_path: Path) -> None:
+def test_shapes_coco_reader_with_string_ids_keeps_every_object(
+    tiny_shapes_dataset: Path, tiny_shapes_params: dict, tmp_path: Path
+) -> None:
     import shutil
 
     from datamodules import ShapesDataModule
@@ -386,8 +450,15 @@ def test_shapes_coco_reader_with_string_ids_keeps_every_object(tiny_shapes_datas
         a["id"], a["image_id"] = str(a["id"]), str(a["image_id"])
     path.write_text(json.dumps(doc))
     p = tiny_shapes_params
-    dm = ShapesDataModule(root=str(root), reader="coco", seed=p["seed"], num_train=p["num_train"], num_val=p["num_val"],
-                          image_size=p["size"], progress=False)
+    dm = ShapesDataModule(
+        root=str(root),
+        reader="coco",
+        seed=p["seed"],
+        num_train=p["num_train"],
+        num_val=p["num_val"],
+        image_size=p["size"],
+        progress=False,
+    )
     dm.setup("validate")
     assert dm.val_dataset.stats["objects"] == len(doc["annotations"]) > 0
     ref = COCODataset(tiny_shapes_dataset / "annotations" / "instances_val.json", tiny_shapes_dataset / "JPEGImages")

@@ -110,7 +110,11 @@ def test_datamodule_crowd_not_trained_on_but_kept_in_val(tmp_path: Path) -> None
     assert len(images) == 3 and len(targets) == 3 and all(im.shape[0] == 3 for im in images)
     path = dm.save_label_map(tmp_path / "run" / "label_map.json")
     saved = json.loads(path.read_text())
-    assert saved["category_id_to_label"]["90"] == 80 and saved["labels"][0] == {"label": 1, "category_id": 1, "name": "person"}
+    assert saved["category_id_to_label"]["90"] == 80 and saved["labels"][0] == {
+        "label": 1,
+        "category_id": 1,
+        "name": "person",
+    }
 
 
 def _write_coco(root: Path, segm: dict | list, size=(20, 30)) -> Path:
@@ -120,7 +124,9 @@ def _write_coco(root: Path, segm: dict | list, size=(20, 30)) -> Path:
     doc = {
         "images": [{"id": 5, "file_name": "a.png", "width": w, "height": h}],
         "categories": [{"id": 7, "name": "thing"}, {"id": 3, "name": "other"}],
-        "annotations": [{"id": 1, "image_id": 5, "category_id": 7, "bbox": [2, 3, 10, 5], "iscrowd": 0, "segmentation": segm}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "category_id": 7, "bbox": [2, 3, 10, 5], "iscrowd": 0, "segmentation": segm}
+        ],
     }
     path = root / "ann.json"
     path.write_text(json.dumps(doc))
@@ -172,7 +178,7 @@ def test_rle_counts_reads_pycocotools_strings(seed: int) -> None:
     h, w = (int(v) for v in rng.integers(1, 300, 2))
     masks = [rng.random((h, w)) < rng.random(), np.ones((h, w), bool), np.zeros((h, w), bool)]
     block = np.zeros((h, w), bool)
-    block[h // 3:, : w // 2] = True
+    block[h // 3 :, : w // 2] = True
     masks.append(block)
     for m in masks:
         encoded = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"]

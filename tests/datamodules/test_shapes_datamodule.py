@@ -14,8 +14,14 @@ from datamodules.shapes_generator import SHAPES_CLASSES
 
 def _dm(root: Path, params: dict, **kw) -> ShapesDataModule:
     return ShapesDataModule(
-        root=str(root), seed=params["seed"], num_train=params["num_train"], num_val=params["num_val"],
-        image_size=params["size"], progress=False, batch_size=4, **kw,
+        root=str(root),
+        seed=params["seed"],
+        num_train=params["num_train"],
+        num_val=params["num_val"],
+        image_size=params["size"],
+        progress=False,
+        batch_size=4,
+        **kw,
     )
 
 
@@ -54,11 +60,21 @@ def test_voc_and_coco_views_agree(tiny_shapes_dataset: Path, tiny_shapes_params:
 
 @pytest.mark.parametrize("reader", ["voc", "coco"])
 @pytest.mark.parametrize("task", ["detection", "instance", "semantic"])
-def test_smoke_setup_and_one_batch_per_loader(tiny_shapes_dataset: Path, tiny_shapes_params: dict, task: str, reader: str) -> None:
-    dm = _dm(tiny_shapes_dataset, tiny_shapes_params, reader=reader, task=task,
-             train_augment=[{"name": "HorizontalFlip", "p": 0.5}, {"name": "RandomScale", "scale_limit": 0.2, "p": 1.0},
-                            {"name": "PadIfNeeded", "min_height": 80, "min_width": 80, "fill_mask": 255 if task == "semantic" else 0},
-                            {"name": "RandomCrop", "height": 64, "width": 64}])
+def test_smoke_setup_and_one_batch_per_loader(
+    tiny_shapes_dataset: Path, tiny_shapes_params: dict, task: str, reader: str
+) -> None:
+    dm = _dm(
+        tiny_shapes_dataset,
+        tiny_shapes_params,
+        reader=reader,
+        task=task,
+        train_augment=[
+            {"name": "HorizontalFlip", "p": 0.5},
+            {"name": "RandomScale", "scale_limit": 0.2, "p": 1.0},
+            {"name": "PadIfNeeded", "min_height": 80, "min_width": 80, "fill_mask": 255 if task == "semantic" else 0},
+            {"name": "RandomCrop", "height": 64, "width": 64},
+        ],
+    )
     assert dm.num_classes == len(SHAPES_CLASSES) and dm.class_names == SHAPES_CLASSES and dm.task == task
     dm.prepare_data()  # current already: must not regenerate
     dm.setup("fit")

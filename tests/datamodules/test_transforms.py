@@ -59,7 +59,12 @@ def test_boxes_follow_their_masks_and_flags_stay_paired(sample, pipeline, seed) 
     n = len(boxes)
     # identity-carrying fields: label i+1 belongs to object i; flags are functions of i
     idx = np.arange(n)
-    fields = {"labels": (idx + 1).astype(np.int64), "difficult": idx % 2 == 0, "iscrowd": idx % 3 == 0, "truncated": idx % 5 == 1}
+    fields = {
+        "labels": (idx + 1).astype(np.int64),
+        "difficult": idx % 2 == 0,
+        "iscrowd": idx % 3 == 0,
+        "truncated": idx % 5 == 1,
+    }
     compose = build_transform(pipeline, seed=seed)
     img, out_boxes, out_fields, out_masks, _ = apply_transform(compose, image, boxes, fields, masks=masks)
     h, w = img.shape[:2]
@@ -86,7 +91,9 @@ def test_boxes_follow_their_masks_and_flags_stay_paired(sample, pipeline, seed) 
         for j in dropped:
             # re-run the same transform on that object alone: its mask must vanish
             solo = build_transform(pipeline, seed=seed)
-            _, _, _, m, _ = apply_transform(solo, image, boxes[j : j + 1], {"labels": np.array([1])}, masks=masks[j : j + 1])
+            _, _, _, m, _ = apply_transform(
+                solo, image, boxes[j : j + 1], {"labels": np.array([1])}, masks=masks[j : j + 1]
+            )
             assert len(m) == 0
 
 
@@ -97,7 +104,14 @@ def test_empty_targets_and_semantic_mask_transform() -> None:
     sem[:, :5] = 3
     sem[0, 0] = 255
     flip = build_transform([{"name": "HorizontalFlip", "p": 1.0}])
-    img, boxes, fields, masks, out = apply_transform(flip, image, np.zeros((0, 4), np.float32), {"labels": np.zeros(0, np.int64)}, masks=np.zeros((0, 10, 20), np.uint8), semantic=sem)
+    img, boxes, fields, masks, out = apply_transform(
+        flip,
+        image,
+        np.zeros((0, 4), np.float32),
+        {"labels": np.zeros(0, np.int64)},
+        masks=np.zeros((0, 10, 20), np.uint8),
+        semantic=sem,
+    )
     assert boxes.shape == (0, 4) and masks.shape == (0, 10, 20) and fields["labels"].shape == (0,)
     assert np.array_equal(out, sem[:, ::-1]) and np.array_equal(img, image[:, ::-1])
 
@@ -132,5 +146,7 @@ def test_config_errors_are_clear() -> None:
         build_transform([{"name": "ToTensorV2"}])
     with pytest.raises(ValueError, match=r"augment\[0\]: could not build RandomScale"):
         build_transform([{"name": "RandomScale", "no_such_arg": 1}])
-    nested = build_transform([{"name": "OneOf", "transforms": [{"name": "HorizontalFlip"}, {"name": "VerticalFlip"}], "p": 1.0}])
+    nested = build_transform(
+        [{"name": "OneOf", "transforms": [{"name": "HorizontalFlip"}, {"name": "VerticalFlip"}], "p": 1.0}]
+    )
     assert type(nested.transforms[0]).__name__ == "OneOf"

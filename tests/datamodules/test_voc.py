@@ -85,7 +85,12 @@ def test_voc2012_semantic_map_values_and_counts() -> None:
     img, sem = ds[0]
     assert img.shape == (3, 375, 500) and sem.dtype == torch.int64 and sem.shape == (375, 500)
     values, counts = torch.unique(sem, return_counts=True)
-    assert dict(zip(values.tolist(), counts.tolist())) == {0: 72224, LABEL["chair"]: 78930, LABEL["dog"]: 27632, 255: 8714}
+    assert dict(zip(values.tolist(), counts.tolist())) == {
+        0: 72224,
+        LABEL["chair"]: 78930,
+        LABEL["dog"]: 27632,
+        255: 8714,
+    }
 
 
 def test_action_xml_with_float_ymin_parses() -> None:
@@ -132,7 +137,9 @@ def test_difficult_dropped_in_train_kept_flagged_in_val(tmp_path: Path) -> None:
     assert dm.train_dataset.stats["difficult_excluded"] == 1
     assert va["labels"].tolist() == [LABEL["cat"], LABEL["dog"], LABEL["bird"]]
     assert va["difficult"].tolist() == [False, True, False]
-    dm2 = VOCDataModule(root=str(tmp_path), year="2007", train_split="train", val_split="val", keep_difficult_in_train=True)
+    dm2 = VOCDataModule(
+        root=str(tmp_path), year="2007", train_split="train", val_split="val", keep_difficult_in_train=True
+    )
     dm2.setup("fit")
     assert dm2.train_dataset[0][1]["difficult"].tolist() == [False, True, False]
 
@@ -151,8 +158,9 @@ def _devkit_copy(tmp_path: Path) -> Path:
 
 def test_detection_trains_on_voc07_plus_12_and_validates_on_one_set(tmp_path: Path) -> None:
     devkit = _devkit_copy(tmp_path)
-    dm = VOCDataModule(root=str(devkit), year="2007", val_split="test",
-                       train_sets=[(2007, "trainval"), ("2012", "trainval")])
+    dm = VOCDataModule(
+        root=str(devkit), year="2007", val_split="test", train_sets=[(2007, "trainval"), ("2012", "trainval")]
+    )
     dm.setup("fit")
     train = dm.train_dataset
     assert [r.file_name for r in train.records] == ["000001.jpg", "000002.jpg", "2007_000063.jpg", "2011_003353.jpg"]
@@ -188,14 +196,20 @@ def test_semantic_concatenates_sets_and_refuses_an_image_in_two_sets(tmp_path: P
     label[5:10, 5:20] = LABEL["cat"]
     save_palette_png(year / "SegmentationClass" / "extra_1.png", label)
     (year / "ImageSets" / "Segmentation" / "extra.txt").write_text("extra_1\n")
-    dm = VOCDataModule(root=str(devkit), year="2012", val_split="train", task="semantic",
-                       train_sets=[(2012, "train"), (2012, "extra")])
+    dm = VOCDataModule(
+        root=str(devkit), year="2012", val_split="train", task="semantic", train_sets=[(2012, "train"), (2012, "extra")]
+    )
     dm.setup("fit")
     assert len(dm.train_dataset) == 2
     _, sem = dm.train_dataset[1]
     assert sem.shape == (20, 30) and torch.equal(sem, torch.from_numpy(label).long())
-    dup = VOCDataModule(root=str(devkit), year="2012", val_split="train", task="semantic",
-                        train_sets=[(2012, "train"), (2012, "trainval")])
+    dup = VOCDataModule(
+        root=str(devkit),
+        year="2012",
+        val_split="train",
+        task="semantic",
+        train_sets=[(2012, "train"), (2012, "trainval")],
+    )
     msg = r"trainval\.txt: line 1: image 2007_000063\.jpg is also in an earlier set \(.*/train\.txt: line 1\)"
     with pytest.raises(DatasetError, match=msg):
         dup.setup("fit")
@@ -214,8 +228,10 @@ def _sbd(tmp_path: Path, train: list[str], val: list[str], maps: dict[str, np.nd
     for stem, cls in maps.items():
         Image.new("RGB", (cls.shape[1], cls.shape[0]), (40, 80, 120)).save(ds / "img" / f"{stem}.jpg")
         present = np.unique(cls[cls > 0]).astype(np.uint8)
-        savemat(ds / "cls" / f"{stem}.mat", {"GTcls": {"Segmentation": cls, "Boundaries": np.zeros((20, 1)),
-                                                        "CategoriesPresent": present}})
+        savemat(
+            ds / "cls" / f"{stem}.mat",
+            {"GTcls": {"Segmentation": cls, "Boundaries": np.zeros((20, 1)), "CategoriesPresent": present}},
+        )
     return tmp_path / "benchmark_RELEASE"
 
 
@@ -229,12 +245,17 @@ def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(tmp_path: Path) -> None:
     a = np.zeros((20, 30), np.uint8)
     a[2:8, 3:9] = LABEL["cat"]
     b = np.full((16, 24), LABEL["bus"], np.uint8)
-    maps = {"2008_000001": a, "2008_000002": b, "2007_000063": np.ones((375, 500), np.uint8),
-            "2011_003353": np.ones((500, 375), np.uint8)}
+    maps = {
+        "2008_000001": a,
+        "2008_000002": b,
+        "2007_000063": np.ones((375, 500), np.uint8),
+        "2011_003353": np.ones((500, 375), np.uint8),
+    }
     # SBD lists a VOC train image (VOC's own PNG wins), a VOC val image (held out) and one image twice
     sbd = _sbd(tmp_path, ["2008_000001", "2007_000063"], ["2011_003353", "2008_000002", "2008_000001"], maps)
-    dm = VOCDataModule(root=str(devkit), year="2012", train_split="train_aug", val_split="val", task="semantic",
-                       sbd_root=str(sbd))
+    dm = VOCDataModule(
+        root=str(devkit), year="2012", train_split="train_aug", val_split="val", task="semantic", sbd_root=str(sbd)
+    )
     dm.setup("fit")
     train = dm.train_dataset
     assert [r.file_name for r in train.records] == ["2007_000063.jpg", "2008_000001.jpg", "2008_000002.jpg"]
@@ -296,7 +317,8 @@ def test_an_image_repeated_inside_one_set_file_is_kept_as_listed(tmp_path: Path)
 
 def test_several_years_need_a_root_above_the_year_folders(tmp_path: Path) -> None:
     devkit = _devkit_copy(tmp_path)
-    dm = VOCDataModule(root=str(devkit / "VOC2007"), year="2007", val_split="test",
-                       train_sets=[(2007, "trainval"), (2012, "trainval")])
+    dm = VOCDataModule(
+        root=str(devkit / "VOC2007"), year="2007", val_split="test", train_sets=[(2007, "trainval"), (2012, "trainval")]
+    )
     with pytest.raises(DatasetError, match=r"VOC2007: root: train_sets name the years \['2007', '2012'\]"):
         dm.setup("fit")

@@ -57,19 +57,37 @@ def random_coco_case(seed: int, n_images: int = 40, n_classes: int = 4, max_extr
             x, y = rng.uniform(0, 200 - w), rng.uniform(0, 160 - h)
             c = int(rng.integers(1, n_classes + 1))
             crowd = int(rng.random() < 0.1)
-            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": c, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": crowd})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": im["id"],
+                    "category_id": c,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": crowd,
+                }
+            )
             if kind != 1 and rng.random() < 0.85:
                 j = rng.normal(0, 0.12, 4) * [w, h, w, h]
-                dts.append({"image_id": im["id"], "category_id": c,
-                            "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
-                            "score": float(np.round(rng.random(), 1))})
+                dts.append(
+                    {
+                        "image_id": im["id"],
+                        "category_id": c,
+                        "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
+                        "score": float(np.round(rng.random(), 1)),
+                    }
+                )
         if kind != 1:
             for _ in range(int(rng.integers(0, max_extra))):
                 w, h = rng.uniform(3, 90), rng.uniform(3, 70)
-                dts.append({"image_id": im["id"], "category_id": int(rng.integers(1, n_classes + 1)),
-                            "bbox": [rng.uniform(0, 200 - w), rng.uniform(0, 160 - h), w, h],
-                            "score": float(np.round(rng.random(), 1))})
+                dts.append(
+                    {
+                        "image_id": im["id"],
+                        "category_id": int(rng.integers(1, n_classes + 1)),
+                        "bbox": [rng.uniform(0, 200 - w), rng.uniform(0, 160 - h), w, h],
+                        "score": float(np.round(rng.random(), 1)),
+                    }
+                )
     return {"images": images, "categories": cats, "annotations": anns}, dts
 
 
@@ -128,7 +146,11 @@ def devkit_reference(gts: list[dict], dets: list[tuple[int, float, list[float]]]
             iw = min(bb[2], bbgt[2]) - max(bb[0], bbgt[0]) + 1
             ih = min(bb[3], bbgt[3]) - max(bb[1], bbgt[1]) + 1
             if iw > 0 and ih > 0:
-                ua = (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1) + (bbgt[2] - bbgt[0] + 1) * (bbgt[3] - bbgt[1] + 1) - iw * ih
+                ua = (
+                    (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1)
+                    + (bbgt[2] - bbgt[0] + 1) * (bbgt[3] - bbgt[1] + 1)
+                    - iw * ih
+                )
                 ov = iw * ih / ua
                 if ov > ovmax:
                     ovmax, jmax = ov, j

@@ -37,8 +37,12 @@ def test_matches_torchvision_continuous():
     b = a[torch.randperm(30, generator=g)[:17]] + torch.rand(17, 4, generator=g).double()
     b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2] + 0.5)
     torch.testing.assert_close(box_iou(a, b), torchvision.ops.box_iou(a, b), rtol=0, atol=1e-12)
-    torch.testing.assert_close(torch.from_numpy(box_iou_numpy(a.numpy(), b.numpy(), "inclusive")),
-                               box_iou(a, b, "inclusive"), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        torch.from_numpy(box_iou_numpy(a.numpy(), b.numpy(), "inclusive")),
+        box_iou(a, b, "inclusive"),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -24,15 +24,25 @@ def jittered_detections(gt: dict, seed: int) -> list[dict]:
         x, y, w, h = a["bbox"]
         for _ in range(int(rng.integers(0, 3))):
             j = rng.normal(0, 0.1, 4) * [w, h, w, h]
-            dts.append({"image_id": a["image_id"], "category_id": a["category_id"] if rng.random() < 0.9 else int(rng.choice(cats)),
-                        "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
-                        "score": float(np.round(rng.random(), 2))})
+            dts.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"] if rng.random() < 0.9 else int(rng.choice(cats)),
+                    "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
+                    "score": float(np.round(rng.random(), 2)),
+                }
+            )
     for im in gt["images"][:-1]:  # the last image gets no extra detections
         for _ in range(5):
             w, h = rng.uniform(5, 200), rng.uniform(5, 200)
-            dts.append({"image_id": im["id"], "category_id": int(rng.choice(cats)),
-                        "bbox": [rng.uniform(0, im["width"] - w), rng.uniform(0, im["height"] - h), w, h],
-                        "score": float(np.round(rng.random(), 2))})
+            dts.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": int(rng.choice(cats)),
+                    "bbox": [rng.uniform(0, im["width"] - w), rng.uniform(0, im["height"] - h), w, h],
+                    "score": float(np.round(rng.random(), 2)),
+                }
+            )
     return dts
 
 
@@ -56,8 +66,10 @@ def test_edge_cases_no_detections_at_all_and_undefined_values():
     np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
     # no GT at all: everything is undefined (-1), as pycocotools reports it
     m = DetectionMetrics(protocols=("coco", "voc", "lecture"))
-    m.update([{"boxes": torch.tensor([[0.0, 0, 5, 5]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([1])}],
-             [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+    m.update(
+        [{"boxes": torch.tensor([[0.0, 0, 5, 5]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([1])}],
+        [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}],
+    )
     out = m.compute()
     assert all(out[f"coco/{k}"] == -1.0 for k in COCO_STAT_NAMES)
     assert out["voc/mAP"] == -1.0 and out["lecture/mAP"] == -1.0
@@ -109,13 +121,25 @@ def test_real_coco_json_bbox_and_segm_match_pycocotools():
     for im in gt["images"]:
         k = index[im["id"]]
         h, w = sizes[im["id"]]
-        seg_targets.append({**targets[k], "masks": torch.from_numpy(np.stack(t_masks[k]) if t_masks[k] else np.zeros((0, h, w), np.uint8))})
-        seg_preds.append({"boxes": torch.tensor(p_boxes[k], dtype=torch.float64).reshape(-1, 4),
-                          "scores": torch.tensor(p_scores[k], dtype=torch.float64),
-                          "labels": torch.tensor(p_labels[k], dtype=torch.int64),
-                          # probabilities, N x 1 x H x W, thresholded at 0.5 inside
-                          "masks": torch.from_numpy(np.stack(p_masks[k])[:, None].astype(np.float32) * 0.8
-                                                    if p_masks[k] else np.zeros((0, 1, h, w), np.float32))})
+        seg_targets.append(
+            {
+                **targets[k],
+                "masks": torch.from_numpy(np.stack(t_masks[k]) if t_masks[k] else np.zeros((0, h, w), np.uint8)),
+            }
+        )
+        seg_preds.append(
+            {
+                "boxes": torch.tensor(p_boxes[k], dtype=torch.float64).reshape(-1, 4),
+                "scores": torch.tensor(p_scores[k], dtype=torch.float64),
+                "labels": torch.tensor(p_labels[k], dtype=torch.int64),
+                # probabilities, N x 1 x H x W, thresholded at 0.5 inside
+                "masks": torch.from_numpy(
+                    np.stack(p_masks[k])[:, None].astype(np.float32) * 0.8
+                    if p_masks[k]
+                    else np.zeros((0, 1, h, w), np.float32)
+                ),
+            }
+        )
     ms = DetectionMetrics(protocols=("coco",), iou_type="segm")
     ms.update(seg_preds[:3], seg_targets[:3])
     ms.update(seg_preds[3:], seg_targets[3:])
@@ -136,26 +160,53 @@ def test_segm_random_masks_with_crowd_and_ties():
         for _ in range(int(rng.integers(0, 4)) if im["id"] != 1 else 0):  # image 1: empty
             m = np.zeros((h, w), np.uint8)
             y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
-            m[y:y + rng.integers(5, 20), x:x + rng.integers(5, 25)] = 1
+            m[y : y + rng.integers(5, 20), x : x + rng.integers(5, 25)] = 1
             c, crowd = int(rng.integers(1, 3)), int(rng.random() < 0.25)
             rle = mask_utils.encode(np.asfortranarray(m))
             rle["counts"] = rle["counts"].decode()
-            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": c, "segmentation": rle,
-                         "area": float(m.sum()), "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": crowd})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": im["id"],
+                    "category_id": c,
+                    "segmentation": rle,
+                    "area": float(m.sum()),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "iscrowd": crowd,
+                }
+            )
             gms.append(m), gl.append(c), gc.append(crowd)
             if im["id"] != 2:  # image 2: no predictions
                 for _ in range(int(rng.integers(1, 3))):
                     d = np.roll(m, int(rng.integers(-3, 4)), axis=1)
                     s = float(np.round(rng.random(), 1))
-                    dts.append({"image_id": im["id"], "category_id": c, "score": s,
-                                "segmentation": mask_utils.encode(np.asfortranarray(d))})
+                    dts.append(
+                        {
+                            "image_id": im["id"],
+                            "category_id": c,
+                            "score": s,
+                            "segmentation": mask_utils.encode(np.asfortranarray(d)),
+                        }
+                    )
                     pm.append(d), ps.append(s), pl.append(c)
-        targets.append({"boxes": torch.tensor([a["bbox"] for a in anns if a["image_id"] == im["id"]], dtype=torch.float64).reshape(-1, 4),
-                        "labels": torch.tensor(gl, dtype=torch.int64), "iscrowd": torch.tensor(gc),
-                        "masks": torch.from_numpy(np.stack(gms) if gms else np.zeros((0, h, w), np.uint8))})
-        preds.append({"boxes": torch.zeros(len(pm), 4), "scores": torch.tensor(ps, dtype=torch.float64),
-                      "labels": torch.tensor(pl, dtype=torch.int64),
-                      "masks": torch.from_numpy(np.stack(pm).astype(bool) if pm else np.zeros((0, h, w), bool))})
+        targets.append(
+            {
+                "boxes": torch.tensor(
+                    [a["bbox"] for a in anns if a["image_id"] == im["id"]], dtype=torch.float64
+                ).reshape(-1, 4),
+                "labels": torch.tensor(gl, dtype=torch.int64),
+                "iscrowd": torch.tensor(gc),
+                "masks": torch.from_numpy(np.stack(gms) if gms else np.zeros((0, h, w), np.uint8)),
+            }
+        )
+        preds.append(
+            {
+                "boxes": torch.zeros(len(pm), 4),
+                "scores": torch.tensor(ps, dtype=torch.float64),
+                "labels": torch.tensor(pl, dtype=torch.int64),
+                "masks": torch.from_numpy(np.stack(pm).astype(bool) if pm else np.zeros((0, h, w), bool)),
+            }
+        )
     gt = {"images": images, "categories": cats, "annotations": anns}
     ref = pycocotools_stats(gt, dts, "segm")
     m = DetectionMetrics(protocols=("coco",), iou_type=("bbox", "segm"))
@@ -185,11 +236,15 @@ def test_mask_areas_of_more_than_255_instances():
 
     metric = DetectionMetrics(protocols=("coco",), iou_type="segm")
     for i in range(3):  # 3 images x 100 objects: one perfect detection each
-        m = masks[i * 100:(i + 1) * 100]
+        m = masks[i * 100 : (i + 1) * 100]
         boxes = torch.tensor([[0.0, 0.0, 10.0, 12.0]]).repeat(100, 1)
         target = {"boxes": boxes, "labels": torch.ones(100, dtype=torch.int64), "masks": m, "image_id": i}
-        pred = {"boxes": boxes, "labels": torch.ones(100, dtype=torch.int64), "scores": torch.linspace(1, 0.5, 100),
-                "masks": m[:, None].float()}
+        pred = {
+            "boxes": boxes,
+            "labels": torch.ones(100, dtype=torch.int64),
+            "scores": torch.linspace(1, 0.5, 100),
+            "masks": m[:, None].float(),
+        }
         metric.update([pred], [target])
     assert metric.compute()["coco_segm/AP50"] == pytest.approx(1.0)
 
@@ -212,9 +267,21 @@ def test_coco_evaluate_leaves_the_inputs_alone(backend):
     m[5:20, 4:30] = 1
     rle = mask_utils.encode(np.asfortranarray(m))
     rle["counts"] = rle["counts"].decode()
-    sgt = {"images": images, "categories": [{"id": 1, "name": "a"}],
-           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "area": float(m.sum()),
-                            "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0}]}
+    sgt = {
+        "images": images,
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": rle,
+                "area": float(m.sum()),
+                "bbox": mask_utils.toBbox(rle).tolist(),
+                "iscrowd": 0,
+            }
+        ],
+    }
     d = np.roll(m, 2, axis=1)
     drle = mask_utils.encode(np.asfortranarray(d))
     drle["counts"] = drle["counts"].decode()

@@ -65,9 +65,11 @@ def test_slides_worked_example_precision_recall():
 def test_slide_101_matching_if_appear_firstly():
     # IoU-sorted pairs (GT, pred): (2, 3), (1, 1), (1, 2) -> matched GT 2, 1 and pred 3, 1
     gt = [[0, 0, 99, 99], [200, 0, 299, 99]]  # GT "1", GT "2"
-    pred = [[0, 0, 99, 89],  # pred "1": IoU 0.9 with GT 1
-            [0, 0, 99, 79],  # pred "2": IoU 0.8 with GT 1
-            [200, 0, 299, 97]]  # pred "3": IoU 0.98 with GT 2
+    pred = [
+        [0, 0, 99, 89],  # pred "1": IoU 0.9 with GT 1
+        [0, 0, 99, 79],  # pred "2": IoU 0.8 with GT 1
+        [200, 0, 299, 97],
+    ]  # pred "3": IoU 0.98 with GT 2
     r = get_single_image_results(gt, pred, 0.5)
     assert r == {"true_pos": 2, "false_pos": 1, "false_neg": 0}
 
@@ -104,10 +106,14 @@ def test_equal_ious_follow_the_reference():
 def test_single_image_matches_reference_port_with_ties(seed):
     rng = np.random.default_rng(seed)
     for _ in range(40):
-        gt = [[int(x), int(y), int(x) + int(rng.choice([4, 8])), int(y) + int(rng.choice([4, 8]))]
-              for x, y in rng.integers(0, 12, (int(rng.integers(0, 5)), 2))]
-        pred = [[int(x), int(y), int(x) + int(rng.choice([4, 8])), int(y) + int(rng.choice([4, 8]))]
-                for x, y in rng.integers(0, 12, (int(rng.integers(0, 5)), 2))]
+        gt = [
+            [int(x), int(y), int(x) + int(rng.choice([4, 8])), int(y) + int(rng.choice([4, 8]))]
+            for x, y in rng.integers(0, 12, (int(rng.integers(0, 5)), 2))
+        ]
+        pred = [
+            [int(x), int(y), int(x) + int(rng.choice([4, 8])), int(y) + int(rng.choice([4, 8]))]
+            for x, y in rng.integers(0, 12, (int(rng.integers(0, 5)), 2))
+        ]
         thr = float(rng.choice([0.1, 0.3, 0.5]))
         assert get_single_image_results(gt, pred, thr, "inclusive") == reference_single_image(gt, pred, thr), (gt, pred)
         assert get_single_image_results(gt, pred, thr) == reference_single_image(gt, pred, thr, plus_one=False)
@@ -116,10 +122,14 @@ def test_single_image_matches_reference_port_with_ties(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_distinct_ious_make_the_matching_order_independent(seed):
     rng = np.random.default_rng(seed)
-    gt = [[float(x), float(y), float(x) + rng.uniform(5, 20), float(y) + rng.uniform(5, 20)]
-          for x, y in rng.uniform(0, 30, (5, 2))]
-    pred = [[b[0] + rng.normal(0, 3), b[1] + rng.normal(0, 3), b[2] + rng.normal(0, 3), b[3] + rng.normal(0, 3)]
-            for b in gt + gt[:2]]
+    gt = [
+        [float(x), float(y), float(x) + rng.uniform(5, 20), float(y) + rng.uniform(5, 20)]
+        for x, y in rng.uniform(0, 30, (5, 2))
+    ]
+    pred = [
+        [b[0] + rng.normal(0, 3), b[1] + rng.normal(0, 3), b[2] + rng.normal(0, 3), b[3] + rng.normal(0, 3)]
+        for b in gt + gt[:2]
+    ]
     r = get_single_image_results(gt, pred, 0.3)
     for _ in range(5):
         assert get_single_image_results(list(rng.permutation(gt)), list(rng.permutation(pred)), 0.3) == r
@@ -127,8 +137,10 @@ def test_distinct_ious_make_the_matching_order_independent(seed):
 
 def test_avg_precision_hand_worked_includes_all_boxes_threshold():
     gts = {"a": [box(0, 0)], "b": [box(0, 0)]}
-    preds = {"a": {"boxes": [box(0, 0), box(50, 50)], "scores": [0.9, 0.8]},
-             "b": {"boxes": [box(0, 0)], "scores": [0.7]}}
+    preds = {
+        "a": {"boxes": [box(0, 0), box(50, 50)], "scores": [0.9, 0.8]},
+        "b": {"boxes": [box(0, 0)], "scores": [0.7]},
+    }
     res = get_avg_precision_at_iou(gts, preds, 0.5)
     np.testing.assert_allclose(res["model_thrs"], [0.9, 0.8, 0.7])
     np.testing.assert_allclose(res["precisions"], [1.0, 0.5, 2 / 3])
@@ -190,7 +202,14 @@ def test_incremental_curve_equals_literal_rematching(seed, convention):
         for gb in g:  # jittered copies (several per GT), some overlapping two GT
             for _ in range(rng.integers(0, 3)):
                 j = rng.integers(-4, 5, 4)
-                boxes.append([gb[0] + j[0], gb[1] + j[1], max(gb[2] + j[2], gb[0] + j[0] + 1), max(gb[3] + j[3], gb[1] + j[1] + 1)])
+                boxes.append(
+                    [
+                        gb[0] + j[0],
+                        gb[1] + j[1],
+                        max(gb[2] + j[2], gb[0] + j[0] + 1),
+                        max(gb[3] + j[3], gb[1] + j[1] + 1),
+                    ]
+                )
                 scores.append(float(np.round(rng.random(), 1)))  # ties
         for _ in range(rng.integers(0, 3)):
             x, y = rng.integers(0, 60, 2)
@@ -209,10 +228,21 @@ def test_incremental_curve_equals_literal_rematching(seed, convention):
 
 def test_per_class_mean_skips_classes_without_gt_and_ignores_crowd():
     flat = FlatDetections.from_lists(
-        [{"boxes": np.array([box(0, 0), box(0, 0), box(40, 40)], float), "scores": np.array([0.9, 0.8, 0.7]),
-          "labels": np.array([1, 2, 3])}],
-        [{"boxes": np.array([box(0, 0), box(0, 0), box(40, 40)], float), "labels": np.array([1, 2, 1]),
-          "iscrowd": np.array([0, 1, 0]), "difficult": np.array([0, 0, 1])}],
+        [
+            {
+                "boxes": np.array([box(0, 0), box(0, 0), box(40, 40)], float),
+                "scores": np.array([0.9, 0.8, 0.7]),
+                "labels": np.array([1, 2, 3]),
+            }
+        ],
+        [
+            {
+                "boxes": np.array([box(0, 0), box(0, 0), box(40, 40)], float),
+                "labels": np.array([1, 2, 1]),
+                "iscrowd": np.array([0, 1, 0]),
+                "difficult": np.array([0, 0, 1]),
+            }
+        ],
     )
     res = lecture_evaluate(flat)
     assert res[1]["num_gt"] == 2  # the difficult GT counts

@@ -6,9 +6,16 @@ from metrics.plots import plot_confusion_matrix, plot_pr_curves
 
 
 def test_plots_write_png(tmp_path):
-    curves = {"dog": {"recall": np.array([0.5, 0.5, 1.0]), "precision": np.array([1.0, 0.5, 2 / 3]), "ap07": 0.85,
-                      "recall_11": np.arange(11) / 10, "precision_11": np.r_[np.ones(6), np.full(5, 2 / 3)]},
-              "cat": {"recall": np.array([]), "precision": np.array([]), "ap07": 0.0}}
+    curves = {
+        "dog": {
+            "recall": np.array([0.5, 0.5, 1.0]),
+            "precision": np.array([1.0, 0.5, 2 / 3]),
+            "ap07": 0.85,
+            "recall_11": np.arange(11) / 10,
+            "precision_11": np.r_[np.ones(6), np.full(5, 2 / 3)],
+        },
+        "cat": {"recall": np.array([]), "precision": np.array([]), "ap07": 0.0},
+    }
     p = plot_pr_curves(curves, tmp_path / "pr" / "curves.png")
     c = plot_confusion_matrix(torch.tensor([[5, 1], [0, 0]]), tmp_path / "cm.png", ["bg", "dog"])
     for f in (p, c):

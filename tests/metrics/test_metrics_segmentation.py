@@ -16,7 +16,9 @@ def test_confusion_matrix_matches_torchmetrics_and_ignores_255():
     assert torch.equal(cm, ref)
     assert int(cm.sum()) == int((target != 255).sum())
     miou = segmentation_scores(cm)["mean_iou"]
-    assert miou == pytest.approx(float(multiclass_jaccard_index(pred, target, 5, ignore_index=255, average="macro")), abs=1e-6)
+    assert miou == pytest.approx(
+        float(multiclass_jaccard_index(pred, target, 5, ignore_index=255, average="macro")), abs=1e-6
+    )
     # an ignore_index inside the class range takes the masking path
     cm0 = confusion_matrix(pred, target.clamp(max=4), 5, ignore_index=0)
     assert int(cm0[0].sum()) == 0 and int(cm0.sum()) == int((target.clamp(max=4) != 0).sum())

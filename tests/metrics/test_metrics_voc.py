@@ -16,20 +16,33 @@ def flat_one_class(gts, dets):
     preds = [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)} for _ in gts]
     for img in range(len(gts)):
         mine = [d for d in dets if d[0] == img]
-        preds[img] = {"boxes": np.array([d[2] for d in mine], float).reshape(-1, 4),
-                      "scores": np.array([d[1] for d in mine], float), "labels": np.ones(len(mine), np.int64)}
-    targets = [{"boxes": np.array(g["boxes"], float).reshape(-1, 4), "labels": np.ones(len(g["boxes"]), np.int64),
-                "difficult": np.array(g["difficult"], bool)} for g in gts]
+        preds[img] = {
+            "boxes": np.array([d[2] for d in mine], float).reshape(-1, 4),
+            "scores": np.array([d[1] for d in mine], float),
+            "labels": np.ones(len(mine), np.int64),
+        }
+    targets = [
+        {
+            "boxes": np.array(g["boxes"], float).reshape(-1, 4),
+            "labels": np.ones(len(g["boxes"]), np.int64),
+            "difficult": np.array(g["difficult"], bool),
+        }
+        for g in gts
+    ]
     return FlatDetections.from_lists(preds, targets)
 
 
 def test_hand_worked_difficult_duplicate():
-    gts = [{"boxes": [box(0, 0), box(50, 50)], "difficult": [False, True]},
-           {"boxes": [box(0, 0)], "difficult": [False]}]
-    dets = [(0, 0.9, box(0, 0)),  # TP
-            (0, 0.8, box(1, 0)),  # duplicate of the same GT -> FP
-            (0, 0.7, box(50, 50)),  # difficult GT -> ignored
-            (1, 0.6, box(0, 1))]  # TP
+    gts = [
+        {"boxes": [box(0, 0), box(50, 50)], "difficult": [False, True]},
+        {"boxes": [box(0, 0)], "difficult": [False]},
+    ]
+    dets = [
+        (0, 0.9, box(0, 0)),  # TP
+        (0, 0.8, box(1, 0)),  # duplicate of the same GT -> FP
+        (0, 0.7, box(50, 50)),  # difficult GT -> ignored
+        (1, 0.6, box(0, 1)),
+    ]  # TP
     r = voc_evaluate(flat_one_class(gts, dets))[1]
     assert r.npos == 2
     assert r.tp.tolist() == [1, 1, 2] and r.fp.tolist() == [0, 1, 1]
@@ -41,7 +54,13 @@ def test_hand_worked_difficult_duplicate():
 
 def test_crowd_is_ignored_like_difficult():
     flat = FlatDetections.from_lists(
-        [{"boxes": np.array([box(0, 0), box(50, 50)], float), "scores": np.array([0.9, 0.8]), "labels": np.array([1, 1])}],
+        [
+            {
+                "boxes": np.array([box(0, 0), box(50, 50)], float),
+                "scores": np.array([0.9, 0.8]),
+                "labels": np.array([1, 1]),
+            }
+        ],
         [{"boxes": np.array([box(0, 0), box(50, 50)], float), "labels": np.array([1, 1]), "iscrowd": np.array([0, 1])}],
     )
     r = voc_evaluate(flat)[1]
@@ -78,8 +97,13 @@ def test_matlab_colon_grid():
 def test_eleven_point_ap_devkit_grid_by_default():
     # issue 13.8: 10 GT, detections TP, TP, TP, FP, TP -> recall reaches exactly 3/10
     gts = [{"boxes": [box(20 * k, 0) for k in range(10)], "difficult": [False] * 10}]
-    dets = [(0, 0.9, box(0, 0)), (0, 0.8, box(20, 0)), (0, 0.7, box(40, 0)), (0, 0.6, box(500, 500)),
-            (0, 0.5, box(60, 0))]
+    dets = [
+        (0, 0.9, box(0, 0)),
+        (0, 0.8, box(20, 0)),
+        (0, 0.7, box(40, 0)),
+        (0, 0.6, box(500, 500)),
+        (0, 0.5, box(60, 0)),
+    ]
     flat = flat_one_class(gts, dets)
     r = voc_evaluate(flat)[1]
     assert r.ap07 == pytest.approx(4.6 / 11, abs=1e-12) and round(r.ap07, 6) == 0.418182
@@ -113,7 +137,13 @@ def test_shifted_8x8_box_iou_and_match():
 
 def test_map_over_classes_with_gt_and_undefined_class():
     flat = FlatDetections.from_lists(
-        [{"boxes": np.array([box(0, 0), box(30, 30)], float), "scores": np.array([0.9, 0.8]), "labels": np.array([1, 3])}],
+        [
+            {
+                "boxes": np.array([box(0, 0), box(30, 30)], float),
+                "scores": np.array([0.9, 0.8]),
+                "labels": np.array([1, 3]),
+            }
+        ],
         [{"boxes": np.array([box(0, 0), box(60, 60)], float), "labels": np.array([1, 2])}],
     )
     res = voc_evaluate(flat)
@@ -138,7 +168,13 @@ def test_matches_loop_devkit_on_random_cases(seed):
         for b in boxes:
             for _ in range(rng.integers(0, 3)):
                 j = rng.integers(-3, 4, 4)
-                dets.append((img, float(np.round(rng.random(), 1)), [b[0] + j[0], b[1] + j[1], b[2] + j[2] + 3, b[3] + j[3] + 3]))
+                dets.append(
+                    (
+                        img,
+                        float(np.round(rng.random(), 1)),
+                        [b[0] + j[0], b[1] + j[1], b[2] + j[2] + 3, b[3] + j[3] + 3],
+                    )
+                )
         for _ in range(rng.integers(0, 3)):
             x, y = rng.integers(0, 80, 2)
             dets.append((img, float(np.round(rng.random(), 1)), [x, y, x + 12, y + 9]))

@@ -47,11 +47,15 @@ def test_ddp_gather_keeps_per_image_grouping_and_matches_single_process():
     expected = single.compute()
 
     world = FakeWorld()
-    rank1 = DetectionMetrics(class_names=["a", "b", "c", "d"], dist_sync_fn=world.record, distributed_available_fn=lambda: True)
+    rank1 = DetectionMetrics(
+        class_names=["a", "b", "c", "d"], dist_sync_fn=world.record, distributed_available_fn=lambda: True
+    )
     rank1.update(p1[:7], t1[:7])
     rank1.update(p1[7:], t1[7:])
     rank1.sync(dist_sync_fn=world.record)
-    rank0 = DetectionMetrics(class_names=["a", "b", "c", "d"], dist_sync_fn=world.gather, distributed_available_fn=lambda: True)
+    rank0 = DetectionMetrics(
+        class_names=["a", "b", "c", "d"], dist_sync_fn=world.gather, distributed_available_fn=lambda: True
+    )
     rank0.update(p0, t0)
     got = rank0.compute()
     assert world.cursor == len(world.recorded) > 0  # every state went through the gather
@@ -88,7 +92,9 @@ def test_keys_and_voc_per_class_match_loop_devkit():
     m = DetectionMetrics(class_names=["cat", "dog", "cow"])
     m.update(preds, targets)
     out = m.compute()
-    expected_keys = {f"coco/{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")}
+    expected_keys = {
+        f"coco/{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+    }
     expected_keys |= {"voc07/mAP", "voc/mAP", "lecture/mAP"}
     expected_keys |= {f"{p}/AP/{n}" for p in ("voc07", "voc") for n in ("cat", "dog", "cow")}
     assert set(out) == expected_keys
@@ -98,8 +104,9 @@ def test_keys_and_voc_per_class_match_loop_devkit():
             sel = (t["labels"] == label).numpy()
             # the devkit reference reads pixel indices (+1): continuous (x1, y1, x2, y2) is (x1 + 1, y1 + 1, x2, y2)
             # there; crowd acts as difficult
-            gts.append({"boxes": to_devkit(t["boxes"].numpy()[sel]),
-                        "difficult": (t["iscrowd"].numpy()[sel] != 0).tolist()})
+            gts.append(
+                {"boxes": to_devkit(t["boxes"].numpy()[sel]), "difficult": (t["iscrowd"].numpy()[sel] != 0).tolist()}
+            )
         dets = []
         for i, p in enumerate(preds):
             sel = (p["labels"] == label).numpy()
@@ -118,14 +125,17 @@ def test_keys_and_voc_per_class_match_loop_devkit():
 def test_bad_inputs_raise():
     m = DetectionMetrics()
     with pytest.raises(ValueError, match="scores"):
-        m.update([{"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.int64)}],
-                 [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+        m.update(
+            [{"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.int64)}],
+            [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}],
+        )
     with pytest.raises(ValueError, match="protocol"):
         DetectionMetrics(protocols=("voc12",))
     with pytest.raises(ValueError, match="masks"):
         DetectionMetrics(iou_type="segm").update(
             [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}],
-            [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+            [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}],
+        )
 
 
 def test_segmentation_metric_hand_values_and_ddp_sum():
@@ -160,8 +170,11 @@ def test_segmentation_metric_hand_values_and_ddp_sum():
 
 
 def _one(boxes, scores, labels):
-    return {"boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
-            "scores": torch.tensor(scores, dtype=torch.float64), "labels": torch.tensor(labels, dtype=torch.int64)}
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
+        "scores": torch.tensor(scores, dtype=torch.float64),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
 
 
 def test_continuous_boxes_get_no_extra_pixel():
@@ -179,8 +192,9 @@ def test_continuous_boxes_get_no_extra_pixel():
 
 def test_voc07_grid_option():
     gt_boxes = [[20.0 * k, 0, 20.0 * k + 10, 10] for k in range(10)]
-    pred = _one([gt_boxes[0], gt_boxes[1], gt_boxes[2], [500, 500, 510, 510], gt_boxes[3]], [0.9, 0.8, 0.7, 0.6, 0.5],
-                [1] * 5)
+    pred = _one(
+        [gt_boxes[0], gt_boxes[1], gt_boxes[2], [500, 500, 510, 510], gt_boxes[3]], [0.9, 0.8, 0.7, 0.6, 0.5], [1] * 5
+    )
     target = {"boxes": torch.tensor(gt_boxes), "labels": torch.ones(10, dtype=torch.int64)}
     for grid, expected in (("devkit", 4.6 / 11), ("tenths", 4.8 / 11)):
         m = DetectionMetrics(protocols=("voc07",), voc07_grid=grid)
@@ -219,8 +233,13 @@ def test_coco_settings_match_pycocotools(backend):
     gt, dt = random_coco_case(11, n_images=25, n_classes=3)
     preds, targets = coco_to_torchvision(gt, dt)
     iou_thrs, rec_thrs, max_dets = [0.5, 0.6, 0.75], np.linspace(0, 1, 21).tolist(), [1, 3, 100]
-    m = DetectionMetrics(protocols=("coco",), coco_backend=backend, iou_thresholds=iou_thrs,
-                         rec_thresholds=rec_thrs, max_detection_thresholds=max_dets)
+    m = DetectionMetrics(
+        protocols=("coco",),
+        coco_backend=backend,
+        iou_thresholds=iou_thrs,
+        rec_thresholds=rec_thrs,
+        max_detection_thresholds=max_dets,
+    )
     m.update(preds, targets)
     out = m.compute()
     ev = _pycoco_eval(gt, dt, iouThrs=np.array(iou_thrs), recThrs=np.array(rec_thrs), maxDets=max_dets)
@@ -230,8 +249,9 @@ def test_coco_settings_match_pycocotools(backend):
     # pycocotools' summarize fixes AP at 100 detections; faster-coco-eval (and we) use the last value
     from faster_coco_eval import COCO, COCOeval_faster
 
-    m2 = DetectionMetrics(protocols=("coco",), coco_backend=backend, iou_thresholds=[0.55, 0.95],
-                          max_detection_thresholds=[2, 5, 7])
+    m2 = DetectionMetrics(
+        protocols=("coco",), coco_backend=backend, iou_thresholds=[0.55, 0.95], max_detection_thresholds=[2, 5, 7]
+    )
     m2.update(preds, targets)
     out2 = m2.compute()
     import contextlib
@@ -258,8 +278,9 @@ def test_coco_settings_match_pycocotools(backend):
 def test_class_metrics_match_pycocotools_per_category():
     gt, dt = random_coco_case(12, n_images=25, n_classes=3)
     preds, targets = coco_to_torchvision(gt, dt)
-    m = DetectionMetrics(protocols=("coco",), class_metrics=True, class_names=["cat", "dog", "cow"],
-                         coco_backend="pycocotools")
+    m = DetectionMetrics(
+        protocols=("coco",), class_metrics=True, class_names=["cat", "dog", "cow"], coco_backend="pycocotools"
+    )
     m.update(preds, targets)
     out = m.compute()
     for cat, name in ((1, "cat"), (2, "dog"), (3, "cow")):

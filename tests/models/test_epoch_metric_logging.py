@@ -18,20 +18,34 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_validation_metrics_log_without_sync_dist_warning_under_a_process_group(tiny_shapes_dataset,
-                                                                                tiny_shapes_params, tmp_path,
-                                                                                monkeypatch):
+def test_validation_metrics_log_without_sync_dist_warning_under_a_process_group(
+    tiny_shapes_dataset, tiny_shapes_params, tmp_path, monkeypatch
+):
     from scripts.train import main
 
     p = tiny_shapes_params
-    cli = main(["--config", str(REPO / "experiments/fcos/shapes.yaml"), f"--data.init_args.root={tiny_shapes_dataset}",
-                f"--data.init_args.seed={p['seed']}", f"--data.init_args.num_train={p['num_train']}",
-                f"--data.init_args.num_val={p['num_val']}", f"--data.init_args.image_size={p['size']}",
-                "--data.init_args.num_workers=0", "--data.init_args.batch_size=4", "--model.init_args.min_size=64",
-                "--model.init_args.max_size=64", "--model.init_args.weights=null", "--trainer.limit_val_batches=1",
-                "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-                "--trainer.callbacks=null"],
-               run=False)
+    cli = main(
+        [
+            "--config",
+            str(REPO / "experiments/fcos/shapes.yaml"),
+            f"--data.init_args.root={tiny_shapes_dataset}",
+            f"--data.init_args.seed={p['seed']}",
+            f"--data.init_args.num_train={p['num_train']}",
+            f"--data.init_args.num_val={p['num_val']}",
+            f"--data.init_args.image_size={p['size']}",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=4",
+            "--model.init_args.min_size=64",
+            "--model.init_args.max_size=64",
+            "--model.init_args.weights=null",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks=null",
+        ],
+        run=False,
+    )
     assert not dist.is_initialized()
     connector = type(cli.trainer._accelerator_connector)
     monkeypatch.setattr(connector, "is_distributed", property(lambda self: True))

@@ -1,11 +1,13 @@
-"""The multistep ("1x") learning-rate schedule of TaskModule beside warm-up."""
+"""TaskModule's optimiser table and its schedules: warm-up, then multistep ("1x"), cosine or constant."""
 
 from __future__ import annotations
+
+import typing
 
 import pytest
 import torch
 
-from models.base import DetectionModule
+from models.base import OPTIMIZERS, SCHEDULERS, DetectionModule, TaskModule
 
 
 class _Tiny(DetectionModule):
@@ -50,3 +52,22 @@ def test_unknown_scheduler_is_rejected():
     model._trainer = _FakeTrainer()
     with pytest.raises(ValueError, match="multistep"):
         model.configure_optimizers()
+
+
+def test_optimizer_table_builds_each_choice_with_its_settings():
+    sgd = _Tiny(num_classes=1, optimizer="sgd", lr=0.05, momentum=0.8, weight_decay=1e-3).configure_optimizers()
+    settings = {k: sgd["optimizer"].defaults[k] for k in ("lr", "momentum", "weight_decay")}
+    assert type(sgd["optimizer"]) is torch.optim.SGD and settings == {"lr": 0.05, "momentum": 0.8, "weight_decay": 1e-3}
+    adamw = _Tiny(num_classes=1, optimizer="adamw", lr=1e-3, weight_decay=0.05).configure_optimizers()["optimizer"]
+    assert type(adamw) is torch.optim.AdamW and (adamw.defaults["lr"], adamw.defaults["weight_decay"]) == (1e-3, 0.05)
+
+
+def test_unknown_optimizer_names_the_choices():
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'; expected one of sgd, adamw"):
+        _Tiny(num_classes=1, optimizer="adam").configure_optimizers()
+
+
+def test_the_cli_choices_are_the_tables():
+    hints = typing.get_type_hints(TaskModule.__init__)
+    assert typing.get_args(hints["optimizer"]) == tuple(OPTIMIZERS)
+    assert typing.get_args(hints["scheduler"]) == SCHEDULERS

@@ -15,14 +15,33 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from datamodules.shapes_generator import render_image
 from models.detection.fast_rcnn import truncate_fc_layers, truncated_svd_linear
-from models.parts.roi_heads import FastRCNNHead, RoIPool
+from models.parts.roi_heads import FastRCNNHead, RoIPooler
 from models.parts.selective_search import SelectiveSearch
 from scripts.bench_rcnn_family import MODELS, STAGES, generated_images, load_images, paper_scale_table
 
-SMALL = dict(min_size=160, max_proposals=16, rcnn_regions=4, rcnn_batch=3, rpn_pre_nms=50, rpn_proposals=8,
-             crop_size=64, num_classes=20)
-KEYS = {"model", "num_proposals", "regions_run", *STAGES, "total_s", "without_proposals_s", "gflops",
-        "gflops_per_region", "published_with_s", "published_without_s", "scaled"}
+SMALL = dict(
+    min_size=160,
+    max_proposals=16,
+    rcnn_regions=4,
+    rcnn_batch=3,
+    rpn_pre_nms=50,
+    rpn_proposals=8,
+    crop_size=64,
+    num_classes=20,
+)
+KEYS = {
+    "model",
+    "num_proposals",
+    "regions_run",
+    *STAGES,
+    "total_s",
+    "without_proposals_s",
+    "gflops",
+    "gflops_per_region",
+    "published_with_s",
+    "published_without_s",
+    "scaled",
+}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +91,7 @@ def test_roi_heads_count_fc6_fc7_per_roi_and_the_svd_row_uses_the_ranks(table):
     assert rows["fast_rcnn"]["gflops_per_region"] * 1e9 == pytest.approx(2 * (25088 * 4096 + 4096 * 4096) + outputs)
     svd = 2 * (25088 * 1024 + 1024 * 4096 + 4096 * 256 + 256 * 4096) + outputs
     assert rows["fast_rcnn_svd"]["gflops_per_region"] * 1e9 == pytest.approx(svd)
+
     # The image's conv5_3 pass is the same in all three: the differences are the heads (and Faster's RPN).
     def image_part(row):
         return row["gflops"] - row["gflops_per_region"] * row["num_proposals"]
@@ -102,14 +122,14 @@ def test_truncated_svd_is_the_best_low_rank_layer():
 
 def test_truncate_fc_layers_compresses_a_fast_rcnn_head_in_place():
     torch.manual_seed(0)
-    head = FastRCNNHead(4, 3, RoIPool(2, 1.0, "pool"), representation_size=16).eval()
+    head = FastRCNNHead(4, 3, RoIPooler(2, 1.0, "pool"), representation_size=16).eval()
     features, boxes = torch.randn(1, 4, 8, 8), [torch.tensor([[0.0, 0.0, 4.0, 4.0], [2.0, 1.0, 7.0, 6.0]])]
     before = head(features, boxes)
     same = truncate_fc_layers(head, fc6_rank=16, fc7_rank=16)
     assert same is head and isinstance(head.fc_layers.fc6, nn.Sequential)
     for a, b in zip(head(features, boxes), before):
         assert torch.allclose(a, b, atol=1e-5)
-    small = truncate_fc_layers(FastRCNNHead(4, 3, RoIPool(2, 1.0, "pool"), 16), fc6_rank=5, fc7_rank=2)
+    small = truncate_fc_layers(FastRCNNHead(4, 3, RoIPooler(2, 1.0, "pool"), 16), fc6_rank=5, fc7_rank=2)
     assert small.fc_layers.fc6[0].out_features == 5 and small.fc_layers.fc7[0].out_features == 2
     assert small(features, boxes)[0].shape == (2, 3)
 

@@ -16,8 +16,22 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-EXPECTED_KEYS = {"model", "family", "status", "error", "params", "gflops", "train_img_per_s", "latency_ms_median",
-                 "latency_ms_p90", "fps", "train_steps", "train_epochs", "train_s", "trained"}
+EXPECTED_KEYS = {
+    "model",
+    "family",
+    "status",
+    "error",
+    "params",
+    "gflops",
+    "train_img_per_s",
+    "latency_ms_median",
+    "latency_ms_p90",
+    "fps",
+    "train_steps",
+    "train_epochs",
+    "train_s",
+    "trained",
+}
 #: what Lightning and jsonargparse say while a model is built and trained: the model's log, not the terminal
 CHATTER = ("LightningCLI's args parameter", "GPU available", "Seed set to", "Trainer.fit` stopped")
 
@@ -31,18 +45,31 @@ def _spec(tmp_path: Path, root: Path, params: dict, name: str = "tiny.yaml", **c
         "eval_images": 6,
         "tables": ["rcnn_family", "detectors", "segmentation", "ablations"],
         "overrides": {
-            "data.init_args.root": str(root), "data.init_args.seed": params["seed"],
-            "data.init_args.num_train": params["num_train"], "data.init_args.num_val": params["num_val"],
-            "data.init_args.image_size": params["size"], "data.init_args.num_workers": 0,
-            "data.init_args.batch_size": 4, "data.init_args.persistent_workers": False,
+            "data.init_args.root": str(root),
+            "data.init_args.seed": params["seed"],
+            "data.init_args.num_train": params["num_train"],
+            "data.init_args.num_val": params["num_val"],
+            "data.init_args.image_size": params["size"],
+            "data.init_args.num_workers": 0,
+            "data.init_args.batch_size": 4,
+            "data.init_args.persistent_workers": False,
             "model.init_args.warmup_steps": 1,
         },
         "models": [
-            {"run": "fcos", "overrides": {"model.init_args.min_size": 64, "model.init_args.max_size": 64,
-                                      "model.init_args.weights": None}},
+            {
+                "run": "fcos",
+                "overrides": {
+                    "model.init_args.min_size": 64,
+                    "model.init_args.max_size": 64,
+                    "model.init_args.weights": None,
+                },
+            },
             {"run": "fcn", "overrides": {"model.init_args.weights": None}},
-            {"run": "broken", "config": "experiments/fcos/shapes.yaml",
-             "overrides": {"model.init_args.backbone": "no_such_backbone"}},
+            {
+                "run": "broken",
+                "config": "experiments/fcos/shapes.yaml",
+                "overrides": {"model.init_args.backbone": "no_such_backbone"},
+            },
         ],
         "nms_sweep": {"fcos": [0.3, 0.7]},
     }
@@ -55,8 +82,12 @@ def _spec(tmp_path: Path, root: Path, params: dict, name: str = "tiny.yaml", **c
 
 
 def _accuracy(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k.startswith(("voc", "coco", "lecture", "iou", "nms_sweep"))
-            or k in ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice")}
+    return {
+        k: v
+        for k, v in row.items()
+        if k.startswith(("voc", "coco", "lecture", "iou", "nms_sweep"))
+        or k in ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice")
+    }
 
 
 def _weights(ckpt: Path) -> dict:
@@ -81,7 +112,8 @@ def test_writes_results_tables_and_pictures(compared):
     assert by_run["fcos"]["status"] == "ok" and by_run["fcn"]["status"] == "ok"
     assert EXPECTED_KEYS <= set(by_run["fcos"])
     assert {"voc07/mAP", "voc/mAP", "lecture/mAP", "coco/AP", "coco/AP50", "coco/AP75", "coco/APs"} <= set(
-        by_run["fcos"])
+        by_run["fcos"]
+    )
     assert {"pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice"} <= set(by_run["fcn"])
     assert by_run["fcos"]["family"] == "anchor_free" and by_run["fcn"]["family"] == "semantic_segmentation"
     assert by_run["fcos"]["eval_images"] == 6 and by_run["fcos"]["train_steps"] == 4
@@ -154,8 +186,22 @@ def test_a_rerun_loads_every_model_from_the_cache_and_gives_the_same_rows(compar
     saved = {r["run"] for r in json.loads((out / "results.json").read_text())}
     assert saved == {"fcos", "fcn", "broken"}  # the rows this rerun did not touch are kept
 
-    evaluated = {r["run"]: r for r in main(["--spec", str(spec), "--out", str(tmp_path / "eval"), "--models", "fcos",
-                                            "fcn", "--checkpoints", str(out / "checkpoints")])}
+    evaluated = {
+        r["run"]: r
+        for r in main(
+            [
+                "--spec",
+                str(spec),
+                "--out",
+                str(tmp_path / "eval"),
+                "--models",
+                "fcos",
+                "fcn",
+                "--checkpoints",
+                str(out / "checkpoints"),
+            ]
+        )
+    }
     assert _accuracy(evaluated["fcos"]) == _accuracy(before["fcos"])
     assert evaluated["fcn"]["mean_iou"] == before["fcn"]["mean_iou"]
     assert "train_s" not in evaluated["fcos"]
@@ -167,14 +213,18 @@ def test_a_changed_config_retrains_that_model_alone(compared, tiny_shapes_datase
 
     spec, out, rows = compared
     shutil.copytree(out, tmp_path / "out")
-    changed = _spec(tmp_path, tiny_shapes_dataset, tiny_shapes_params,
-                    model_overrides={"fcn": {"model.init_args.lr": 0.05}})
-    again = {r["run"]: r for r in main(["--spec", str(changed), "--out", str(tmp_path / "out"),
-                                        "--models", "fcos", "fcn"])}
+    changed = _spec(
+        tmp_path, tiny_shapes_dataset, tiny_shapes_params, model_overrides={"fcn": {"model.init_args.lr": 0.05}}
+    )
+    again = {
+        r["run"]: r for r in main(["--spec", str(changed), "--out", str(tmp_path / "out"), "--models", "fcos", "fcn"])
+    }
     assert again["fcos"]["trained"] == "loaded from cache"
     assert again["fcn"]["trained"] == "trained"
-    retrained = {r["run"]: r for r in main(["--spec", str(changed), "--out", str(tmp_path / "out"),
-                                            "--models", "fcos", "--retrain"])}
+    retrained = {
+        r["run"]: r
+        for r in main(["--spec", str(changed), "--out", str(tmp_path / "out"), "--models", "fcos", "--retrain"])
+    }
     assert retrained["fcos"]["trained"] == "trained"
 
 
@@ -206,12 +256,15 @@ def test_spec_errors_name_the_file_and_the_field(tmp_path):
         main(["--spec", str(bad), "--out", str(tmp_path / "o"), "--models", "nope"])
 
 
-@pytest.mark.parametrize("text", [
-    "budget_s: 25\nmodels: [fcos]\n",
-    "overrides: {trainer.max_time: '00:00:01:00'}\nmodels: [fcos]\n",
-    "models:\n  - {run: fcos, budget_s: 10}\n",
-    "models:\n  - {run: fcos, overrides: {trainer.max_time: '00:00:01:00'}}\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "budget_s: 25\nmodels: [fcos]\n",
+        "overrides: {trainer.max_time: '00:00:01:00'}\nmodels: [fcos]\n",
+        "models:\n  - {run: fcos, budget_s: 10}\n",
+        "models:\n  - {run: fcos, overrides: {trainer.max_time: '00:00:01:00'}}\n",
+    ],
+)
 def test_a_spec_cannot_stop_training_on_the_clock(tmp_path, text):
     from scripts.compare import main
 
@@ -252,9 +305,17 @@ def test_training_runs_no_validation_and_no_checkpoint_callback(tiny_shapes_data
 
     config = REPO / "experiments/yolo_v1/shapes.yaml"
     assert "monitor: val/" in config.read_text()
-    entry = Entry(run="yolo_v1", config=config, max_steps=2, overrides={
-        "data.init_args.root": str(tiny_shapes_dataset), "data.init_args.image_size": tiny_shapes_params["size"],
-        "data.init_args.num_workers": 0, "model.init_args.weights": None})
+    entry = Entry(
+        run="yolo_v1",
+        config=config,
+        max_steps=2,
+        overrides={
+            "data.init_args.root": str(tiny_shapes_dataset),
+            "data.init_args.image_size": tiny_shapes_params["size"],
+            "data.init_args.num_workers": 0,
+            "model.init_args.weights": None,
+        },
+    )
     trainer = build(entry, {}, 0, "cpu").trainer
     assert trainer.limit_val_batches == 0 and trainer.num_sanity_val_steps == 0
     assert not any(isinstance(cb, ModelCheckpoint) for cb in trainer.callbacks)

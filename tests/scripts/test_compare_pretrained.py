@@ -32,8 +32,9 @@ def test_coco_pretrained_spec_evaluates_every_model(tmp_path, monkeypatch):
     for builder in tw.PRETRAINED_BUILDERS.values():
         weights = tw.resolve(builder, "DEFAULT")
         extra = {"aux_loss": True} if builder in ("fcn_resnet50", "deeplabv3_resnet50") else {}
-        net = torchvision.models.get_model(builder, weights=None, weights_backbone=None,
-                                           num_classes=len(weights.meta["categories"]), **extra)
+        net = torchvision.models.get_model(
+            builder, weights=None, weights_backbone=None, num_classes=len(weights.meta["categories"]), **extra
+        )
         tw.weights_path(weights).parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), tw.weights_path(weights))
     data = tmp_path / "coco"
@@ -54,11 +55,13 @@ def test_coco_pretrained_spec_evaluates_every_model(tmp_path, monkeypatch):
             init["eval_size"] = 96
         elif "SSD" not in overrides["model"]["class_path"]:  # SSD300 always resizes to 300 x 300
             init["builder_kwargs"] = {"min_size": 96, "max_size": 128}
-    spec["overrides"] = {"data.init_args.train_annotations": str(data / "annotations/instances_val2017.json"),
-                         "data.init_args.val_annotations": str(data / "annotations/instances_val2017.json"),
-                         "data.init_args.train_images": str(data / "val2017"),
-                         "data.init_args.val_images": str(data / "val2017"),
-                         "data.init_args.num_workers": 0}
+    spec["overrides"] = {
+        "data.init_args.train_annotations": str(data / "annotations/instances_val2017.json"),
+        "data.init_args.val_annotations": str(data / "annotations/instances_val2017.json"),
+        "data.init_args.train_images": str(data / "val2017"),
+        "data.init_args.val_images": str(data / "val2017"),
+        "data.init_args.num_workers": 0,
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     rows = main(["--spec", str(path), "--out", str(tmp_path / "out")])

@@ -18,19 +18,38 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {"fcos": REPO / "experiments/fcos/shapes.yaml", "fcn": REPO / "experiments/fcn/shapes.yaml"}
-KEYS = {"fcos": ("val/voc07/mAP", "val/coco/AP", "val/lecture/mAP"), "fcn": ("val/mean_iou", "val/pixel_accuracy", "val/mean_dice")}
+KEYS = {
+    "fcos": ("val/voc07/mAP", "val/coco/AP", "val/lecture/mAP"),
+    "fcn": ("val/mean_iou", "val/pixel_accuracy", "val/mean_dice"),
+}
 
 
 def _args(name: str, root: Path, out: Path) -> list[str]:
-    args = ["--config", str(CONFIGS[name]), f"--data.init_args.root={root}", "--data.init_args.seed=5",
-            "--data.init_args.num_train=16", "--data.init_args.num_val=9", "--data.init_args.image_size=64",
-            "--data.init_args.num_workers=0", "--data.init_args.batch_size=4", "--data.init_args.persistent_workers=false",
-            "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--wandb.mode=disabled",
-            f"--trainer.logger.init_args.save_dir={out}", f"--trainer.callbacks.init_args.dirpath={out / 'ckpt'}"]
+    args = [
+        "--config",
+        str(CONFIGS[name]),
+        f"--data.init_args.root={root}",
+        "--data.init_args.seed=5",
+        "--data.init_args.num_train=16",
+        "--data.init_args.num_val=9",
+        "--data.init_args.image_size=64",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.persistent_workers=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.accelerator=cpu",
+        "--wandb.mode=disabled",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.callbacks.init_args.dirpath={out / 'ckpt'}",
+    ]
     if name == "fcos":
         # a low score threshold: 8 steps from scratch leave every score near the head's 0.01 prior, and with
         # no detection above the default 0.05 both runs would score a trivial 0 == 0
-        args += ["--model.init_args.min_size=64", "--model.init_args.max_size=64", "--model.init_args.score_thresh=0.001"]
+        args += [
+            "--model.init_args.min_size=64",
+            "--model.init_args.max_size=64",
+            "--model.init_args.score_thresh=0.001",
+        ]
     args += ["--model.init_args.weights=null"]
     return args
 
@@ -38,7 +57,14 @@ def _args(name: str, root: Path, out: Path) -> list[str]:
 def _validate(name: str, root: Path, out: Path, ckpt: Path, *extra: str) -> dict[str, float]:
     metrics_file = out / f"metrics_{len(list(out.glob('metrics_*.json')))}.json"  # one file per call
     env = dict(os.environ, CV_COURSE_METRICS_FILE=str(metrics_file), WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(REPO / "scripts/train.py"), "validate", *_args(name, root, out), f"--ckpt_path={ckpt}", *extra]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts/train.py"),
+        "validate",
+        *_args(name, root, out),
+        f"--ckpt_path={ckpt}",
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(metrics_file.read_text())
@@ -54,8 +80,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, P
         tmp = tmp_path_factory.mktemp(f"ddp_{name}")
         root = tmp / "data"
         epochs = 16 if name == "fcos" else 2  # FCOS from scratch needs more steps before any box overlaps an object
-        cli = main(["fit", *_args(name, root, tmp), f"--trainer.max_epochs={epochs}", "--trainer.num_sanity_val_steps=0",
-                    "--trainer.limit_val_batches=0", "--model.init_args.warmup_steps=2"])
+        cli = main(
+            [
+                "fit",
+                *_args(name, root, tmp),
+                f"--trainer.max_epochs={epochs}",
+                "--trainer.num_sanity_val_steps=0",
+                "--trainer.limit_val_batches=0",
+                "--model.init_args.warmup_steps=2",
+            ]
+        )
         ckpt = tmp / "trained.ckpt"
         cli.trainer.save_checkpoint(ckpt)
         out[name] = (root, tmp, ckpt)
@@ -77,6 +111,13 @@ def test_one_and_two_processes_give_identical_metrics(trained, name):
 def test_lightning_padding_sampler_would_count_an_image_twice(trained):
     root, tmp, ckpt = trained["fcn"]
     single = _validate("fcn", root, tmp, ckpt, "--trainer.devices=1")
-    padded = _validate("fcn", root, tmp, ckpt, "--trainer.devices=2", "--trainer.strategy=ddp",
-                       "--trainer.use_distributed_sampler=true")
+    padded = _validate(
+        "fcn",
+        root,
+        tmp,
+        ckpt,
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.use_distributed_sampler=true",
+    )
     assert single["val/pixel_accuracy"] != padded["val/pixel_accuracy"]

@@ -105,8 +105,17 @@ def test_detection_segm(tmp_path):
     dt = [{"image_id": 3, "category_id": 1, "segmentation": rle, "score": 0.8}]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(dt))
-    r = run("detection", "--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "dt.json"), "--iou-type", "segm",
-            "--json", str(tmp_path / "o.json"))
+    r = run(
+        "detection",
+        "--gt",
+        str(tmp_path / "gt.json"),
+        "--dt",
+        str(tmp_path / "dt.json"),
+        "--iou-type",
+        "segm",
+        "--json",
+        str(tmp_path / "o.json"),
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "o.json").read_text())
     ref = pycoco(gt, dt, "segm")
@@ -166,7 +175,16 @@ def test_semantic_folders(tmp_path):
     r = run("semantic", "--gt", str(gt_dir), "--pred", str(pr_dir), "--num-classes", "4", "--json", str(out))
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
-    assert set(m) == {"pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice", "iou/0", "iou/1", "iou/2", "iou/3"}
+    assert set(m) == {
+        "pixel_accuracy",
+        "mean_pixel_accuracy",
+        "mean_iou",
+        "mean_dice",
+        "iou/0",
+        "iou/1",
+        "iou/2",
+        "iou/3",
+    }
     # class 0: 12 GT px (3 in a, 9 in b), 11 right, 1 predicted 1; one class-2 px predicted 0
     # -> TP 11, FN 1, FP 1 -> IoU 11 / 13; the 255 pixel is ignored
     assert m["pixel_accuracy"] == pytest.approx(14 / 16)
@@ -208,13 +226,27 @@ def test_segm_size_ranges_use_mask_areas(tmp_path, capsys):
     fp = np.zeros((h, w))
     fp[0:60, 40:43] = 1
     fp[57:60, 40:100] = 1
-    gt = {"images": [{"id": 1, "height": h, "width": w}], "categories": [{"id": 1, "name": "a"}],
-          "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": _rle(m),
-                           "bbox": [float(v) for v in b], "area": float(m.sum()), "iscrowd": 0}
-                          for k, (m, b) in enumerate(((g1, [0, 0, 20, 20]), (g2, [70, 70, 50, 50])))]}
-    dt = [{"image_id": 1, "category_id": 1, "segmentation": _rle(fp), "score": 0.9},
-          {"image_id": 1, "category_id": 1, "segmentation": _rle(g1), "score": 0.5},
-          {"image_id": 1, "category_id": 1, "segmentation": _rle(g2), "score": 0.6}]
+    gt = {
+        "images": [{"id": 1, "height": h, "width": w}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": _rle(m),
+                "bbox": [float(v) for v in b],
+                "area": float(m.sum()),
+                "iscrowd": 0,
+            }
+            for k, (m, b) in enumerate(((g1, [0, 0, 20, 20]), (g2, [70, 70, 50, 50])))
+        ],
+    }
+    dt = [
+        {"image_id": 1, "category_id": 1, "segmentation": _rle(fp), "score": 0.9},
+        {"image_id": 1, "category_id": 1, "segmentation": _rle(g1), "score": 0.5},
+        {"image_id": 1, "category_id": 1, "segmentation": _rle(g2), "score": 0.6},
+    ]
     ev = load_evaluate()
     args = ["detection", *_write(tmp_path, gt, dt), "--iou-type", "segm", "--json", str(tmp_path / "o.json")]
     assert ev.main(args) == 0
@@ -225,16 +257,23 @@ def test_segm_size_ranges_use_mask_areas(tmp_path, capsys):
     assert m["coco_segm/APs"] < 0.6 and m["coco_segm/APm"] == pytest.approx(1.0)  # the FP is small
     # results that carry a bbox get the same COCO numbers (the mask still decides the area)
     with_box = [{**d, "bbox": [0.0, 0.0, 1.0, 1.0]} for d in dt]
-    assert ev.main(["detection", *_write(tmp_path, gt, with_box), "--iou-type", "segm",
-                    "--json", str(tmp_path / "o2.json")]) == 0
+    assert (
+        ev.main(
+            ["detection", *_write(tmp_path, gt, with_box), "--iou-type", "segm", "--json", str(tmp_path / "o2.json")]
+        )
+        == 0
+    )
     m2 = json.loads((tmp_path / "o2.json").read_text())
     assert all(m2[f"coco_segm/{k}"] == m[f"coco_segm/{k}"] for k in COCO_KEYS)
 
 
 def test_boxes_are_continuous_for_voc_and_course(tmp_path):
     # COCO [0, 0, 8, 8] vs a detection shifted by (1, 2): IoU 42/86 = 0.488 < 0.5 (0.528 with a +1)
-    gt = {"images": [{"id": 1, "width": 50, "height": 50}], "categories": [{"id": 1, "name": "a"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1, "width": 50, "height": 50}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0}],
+    }
     dt = [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 8, 8], "score": 0.9}]
     ev = load_evaluate()
     m = ev.detection_metrics(*ev.load_detection_inputs(*[Path(p) for p in _write(tmp_path, gt, dt)[1::2]], "bbox"))

@@ -22,8 +22,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, **kwargs)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def _coco(gt: dict):
@@ -65,19 +72,45 @@ def test_detector_checkpoint_predicts_drawn_images_and_coco_results(coco_shapes,
     from datamodules.coco import COCODataModule
     from models.detection.fcos import FCOS
 
-    dm = COCODataModule(str(coco_shapes["train"]), str(tiny_shapes_dataset / "JPEGImages"), str(coco_shapes["val"]),
-                        str(tiny_shapes_dataset / "JPEGImages"), batch_size=4)
+    dm = COCODataModule(
+        str(coco_shapes["train"]),
+        str(tiny_shapes_dataset / "JPEGImages"),
+        str(coco_shapes["val"]),
+        str(tiny_shapes_dataset / "JPEGImages"),
+        batch_size=4,
+    )
     torch.manual_seed(0)
-    model = FCOS(num_classes=dm.num_classes, class_names=list(dm.class_names), min_size=64, max_size=64,
-                 score_thresh=0.0, detections_per_img=10)
+    model = FCOS(
+        num_classes=dm.num_classes,
+        class_names=list(dm.class_names),
+        min_size=64,
+        max_size=64,
+        score_thresh=0.0,
+        detections_per_img=10,
+    )
     trainer = _trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(model, dm)  # a tiny fit: the checkpoint carries the DataModule's label -> category id map
     ckpt = tmp_path / "run.ckpt"
     trainer.save_checkpoint(ckpt)
 
     out = tmp_path / "out"
-    assert predict_main([str(coco_shapes["images"]), "--ckpt", str(ckpt), "--out", str(out), "--image-ids",
-                         str(coco_shapes["val"]), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        predict_main(
+            [
+                str(coco_shapes["images"]),
+                "--ckpt",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--image-ids",
+                str(coco_shapes["val"]),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     inputs = sorted(coco_shapes["images"].iterdir())
     for f in inputs:
         with Image.open(out / f"{f.stem}.jpg") as drawn, Image.open(f) as original:
@@ -137,35 +170,56 @@ def test_instance_results_carry_rle_masks_readable_by_loadres():
     masks = torch.zeros(2, 1, 6, 8)
     masks[0, 0, 1:4, 2:5] = 0.9
     masks[1, 0, 3:6, 0:8] = 0.7
-    pred = {"boxes": torch.tensor([[2.0, 1.0, 5.0, 4.0], [0.0, 3.0, 8.0, 6.0]]), "labels": torch.tensor([1, 2]),
-            "scores": torch.tensor([0.9, 0.4]), "masks": masks}
+    pred = {
+        "boxes": torch.tensor([[2.0, 1.0, 5.0, 4.0], [0.0, 3.0, 8.0, 6.0]]),
+        "labels": torch.tensor([1, 2]),
+        "scores": torch.tensor([0.9, 0.4]),
+        "masks": masks,
+    }
     results = coco_results(pred, image_id=7, label_to_category_id={1: 18, 2: 44})
     assert [r["category_id"] for r in results] == [18, 44] and results[1]["bbox"] == [0.0, 3.0, 8.0, 3.0]
-    decoded = mask_utils.decode({"size": results[0]["segmentation"]["size"],
-                                 "counts": results[0]["segmentation"]["counts"].encode()})
+    decoded = mask_utils.decode(
+        {"size": results[0]["segmentation"]["size"], "counts": results[0]["segmentation"]["counts"].encode()}
+    )
     assert (decoded == (masks[0, 0] > 0.5).numpy()).all()
-    gt = {"images": [{"id": 7, "height": 6, "width": 8, "file_name": "a.jpg"}], "annotations": [],
-          "categories": [{"id": 18, "name": "dog"}, {"id": 44, "name": "bottle"}]}
+    gt = {
+        "images": [{"id": 7, "height": 6, "width": 8, "file_name": "a.jpg"}],
+        "annotations": [],
+        "categories": [{"id": 18, "name": "dog"}, {"id": 44, "name": "bottle"}],
+    }
     dt = _load_res(gt, results)
     assert dt.anns[1]["area"] == 9  # loadRes took the mask, not the box
 
 
 def test_rescale_prediction_maps_boxes_and_masks_to_the_original_size():
-    pred = {"boxes": torch.tensor([[8.0, 4.0, 16.0, 12.0]]), "labels": torch.tensor([1]), "scores": torch.tensor([1.0]),
-            "masks": torch.ones(1, 1, 16, 32)}
+    pred = {
+        "boxes": torch.tensor([[8.0, 4.0, 16.0, 12.0]]),
+        "labels": torch.tensor([1]),
+        "scores": torch.tensor([1.0]),
+        "masks": torch.ones(1, 1, 16, 32),
+    }
     out = rescale_prediction(pred, (16, 32), (32, 128))
     assert out["boxes"].tolist() == [[32.0, 8.0, 64.0, 24.0]]
     assert out["masks"].shape == (1, 1, 32, 128)
 
 
-def test_prediction_writer_writes_semantic_label_maps_of_the_test_split(tiny_shapes_dataset, tiny_shapes_params,
-                                                                       tmp_path):
+def test_prediction_writer_writes_semantic_label_maps_of_the_test_split(
+    tiny_shapes_dataset, tiny_shapes_params, tmp_path
+):
     from datamodules.shapes import ShapesDataModule
     from models.segmentation.fcn import FCN
 
     p = tiny_shapes_params
-    dm = ShapesDataModule(root=str(tiny_shapes_dataset), task="semantic", seed=p["seed"], num_train=p["num_train"],
-                          num_val=p["num_val"], image_size=p["size"], batch_size=3, progress=False)
+    dm = ShapesDataModule(
+        root=str(tiny_shapes_dataset),
+        task="semantic",
+        seed=p["seed"],
+        num_train=p["num_train"],
+        num_val=p["num_val"],
+        image_size=p["size"],
+        batch_size=3,
+        progress=False,
+    )
     torch.manual_seed(0)
     model = FCN(channels=(4, 8, 8, 16, 16), num_classes=len(SHAPES_CLASSES), class_names=list(SHAPES_CLASSES))
     _trainer(callbacks=[PredictionWriter(out_dir=str(tmp_path / "run"))]).test(model, dm, verbose=False)
@@ -183,15 +237,27 @@ def test_train_cli_test_and_predict_write_results(tiny_shapes_dataset, tiny_shap
     from scripts.train import main
 
     p = tiny_shapes_params
-    args = ["--config", str(REPO / "experiments/fcos/shapes.yaml"), f"--data.init_args.root={tiny_shapes_dataset}",
-            "--data.init_args.reader=coco", f"--data.init_args.seed={p['seed']}",
-            f"--data.init_args.num_train={p['num_train']}", f"--data.init_args.num_val={p['num_val']}",
-            f"--data.init_args.image_size={p['size']}", "--data.init_args.num_workers=0",
-            "--data.init_args.persistent_workers=false", "--data.init_args.batch_size=4",
-            "--model.init_args.min_size=64", "--model.init_args.max_size=64", "--model.init_args.weights=null",
-            "--model.init_args.score_thresh=0.0", "--model.init_args.detections_per_img=5",
-            "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
-            f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}"]
+    args = [
+        "--config",
+        str(REPO / "experiments/fcos/shapes.yaml"),
+        f"--data.init_args.root={tiny_shapes_dataset}",
+        "--data.init_args.reader=coco",
+        f"--data.init_args.seed={p['seed']}",
+        f"--data.init_args.num_train={p['num_train']}",
+        f"--data.init_args.num_val={p['num_val']}",
+        f"--data.init_args.image_size={p['size']}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.persistent_workers=false",
+        "--data.init_args.batch_size=4",
+        "--model.init_args.min_size=64",
+        "--model.init_args.max_size=64",
+        "--model.init_args.weights=null",
+        "--model.init_args.score_thresh=0.0",
+        "--model.init_args.detections_per_img=5",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
+    ]
     cli = main(["test", *args])
     log_dir = Path(cli.trainer.log_dir)
     gt = json.loads((tiny_shapes_dataset / "annotations" / "instances_val.json").read_text())

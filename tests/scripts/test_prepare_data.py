@@ -21,9 +21,11 @@ VOC07_TRAINVAL = "voc2007/VOCtrainval_06-Nov-2007.tar"
 COCO_VAL = "zips/val2017.zip"
 COCO_ANN = "annotations/annotations_trainval2017.zip"
 
-XML = ("<annotation><size><width>8</width><height>6</height><depth>3</depth></size><object><name>dog</name>"
-       "<difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>4</ymax></bndbox></object>"
-       "</annotation>")
+XML = (
+    "<annotation><size><width>8</width><height>6</height><depth>3</depth></size><object><name>dog</name>"
+    "<difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>4</ymax></bndbox></object>"
+    "</annotation>"
+)
 
 
 def _jpeg() -> bytes:
@@ -145,8 +147,23 @@ def run_voc(server: Server, root: Path, tmp_path: Path, data: bytes, expected_id
     if expected_ids is not None:
         expected = write_expected(tmp_path, {"2007-trainval": {"trainval_ids": expected_ids}})
         extra = ("--expected", str(expected), *extra)
-    return main(["voc", "--root", str(root), "--sets", "2007-trainval", "--mirror", server.url, "--checksums",
-                 str(checksums), "--retry-wait", "0", "--no-progress", *extra])
+    return main(
+        [
+            "voc",
+            "--root",
+            str(root),
+            "--sets",
+            "2007-trainval",
+            "--mirror",
+            server.url,
+            "--checksums",
+            str(checksums),
+            "--retry-wait",
+            "0",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_voc_download_extracts_the_datamodule_layout_and_checks_counts(server, voc_files, tmp_path):
@@ -200,8 +217,22 @@ def test_interrupted_run_leaves_a_part_file_that_the_next_run_resumes(server, vo
 def test_wrong_checksum_names_the_file_and_deletes_the_download(server, tmp_path, capsys):
     root = tmp_path / "data"
     checksums = write_checksums(tmp_path, **{"VOCtrainval_06-Nov-2007.tar": "0" * 32})
-    code = main(["voc", "--root", str(root), "--sets", "2007-trainval", "--base-url", server.url,
-                 "--checksums", str(checksums), "--retry-wait", "0", "--no-progress"])
+    code = main(
+        [
+            "voc",
+            "--root",
+            str(root),
+            "--sets",
+            "2007-trainval",
+            "--base-url",
+            server.url,
+            "--checksums",
+            str(checksums),
+            "--retry-wait",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "VOCtrainval_06-Nov-2007.tar" in err
@@ -211,8 +242,20 @@ def test_wrong_checksum_names_the_file_and_deletes_the_download(server, tmp_path
 
 
 def test_published_checksum_is_used_without_override(server, tmp_path, capsys):
-    code = main(["voc", "--root", str(tmp_path / "d"), "--sets", "2007-trainval", "--base-url", server.url,
-                 "--retry-wait", "0", "--no-progress"])
+    code = main(
+        [
+            "voc",
+            "--root",
+            str(tmp_path / "d"),
+            "--sets",
+            "2007-trainval",
+            "--base-url",
+            server.url,
+            "--retry-wait",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert f"expected MD5 {DATASETS['voc']['2007-trainval'].archives[0].md5}" in capsys.readouterr().err
 
@@ -231,11 +274,23 @@ def test_corrupt_archive_is_named_and_nothing_is_claimed_complete(tmp_path, caps
 def test_corrupt_zip_member_is_an_archive_error(tmp_path, capsys):
     data = bytearray(zip_bytes({"val2017/000000000001.jpg": _jpeg() * 4}))
     at = data.index(b"val2017/000000000001.jpg") + 40  # inside the compressed member: the CRC no longer matches
-    data[at:at + 8] = b"\xff" * 8
+    data[at : at + 8] = b"\xff" * 8
     with Server({COCO_VAL: bytes(data)}) as s:
         checksums = write_checksums(tmp_path, **{"val2017.zip": md5(bytes(data))})
-        code = main(["coco", "--root", str(tmp_path / "coco"), "--sets", "val2017", "--mirror", s.url,
-                     "--checksums", str(checksums), "--no-progress"])
+        code = main(
+            [
+                "coco",
+                "--root",
+                str(tmp_path / "coco"),
+                "--sets",
+                "val2017",
+                "--mirror",
+                s.url,
+                "--checksums",
+                str(checksums),
+                "--no-progress",
+            ]
+        )
     assert code == 2
     assert "val2017.zip: corrupt or truncated archive" in capsys.readouterr().err
     assert not (tmp_path / "coco" / ".prepared").exists()
@@ -245,21 +300,47 @@ def test_coco_images_and_annotations_land_where_the_coco_datamodule_looks(tmp_pa
     from datamodules.coco import COCODataset
 
     images = {f"val2017/{i:012d}.jpg": _jpeg() for i in (1, 2)}
-    instances = {"images": [{"id": i, "file_name": f"{i:012d}.jpg", "width": 8, "height": 6} for i in (1, 2)],
-                 "annotations": [{"id": 1, "image_id": 1, "category_id": 18, "bbox": [1, 1, 3, 2], "area": 6,
-                                  "iscrowd": 0}],
-                 "categories": [{"id": 18, "name": "dog"}]}
+    instances = {
+        "images": [{"id": i, "file_name": f"{i:012d}.jpg", "width": 8, "height": 6} for i in (1, 2)],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 18, "bbox": [1, 1, 3, 2], "area": 6, "iscrowd": 0}],
+        "categories": [{"id": 18, "name": "dog"}],
+    }
     ann = {f"annotations/instances_{s}.json": json.dumps(instances).encode() for s in ("train2017", "val2017")}
     files = {COCO_VAL: zip_bytes(images), COCO_ANN: zip_bytes(ann)}
     root = tmp_path / "coco"
     with Server(files) as s:
-        checksums = write_checksums(tmp_path, **{"val2017.zip": md5(files[COCO_VAL]),
-                                                 "annotations_trainval2017.zip": "-"})  # "-": no checksum
-        expected = write_expected(tmp_path, {"val2017": {"images": 2}, "annotations": {
-            "instances_train2017_images": 2, "instances_train2017_annotations": 1,
-            "instances_val2017_images": 2, "instances_val2017_annotations": 1}})
-        code = main(["coco", "--root", str(root), "--sets", "val2017", "annotations", "--mirror", s.url,
-                     "--checksums", str(checksums), "--expected", str(expected), "--no-progress"])
+        checksums = write_checksums(
+            tmp_path, **{"val2017.zip": md5(files[COCO_VAL]), "annotations_trainval2017.zip": "-"}
+        )  # "-": no checksum
+        expected = write_expected(
+            tmp_path,
+            {
+                "val2017": {"images": 2},
+                "annotations": {
+                    "instances_train2017_images": 2,
+                    "instances_train2017_annotations": 1,
+                    "instances_val2017_images": 2,
+                    "instances_val2017_annotations": 1,
+                },
+            },
+        )
+        code = main(
+            [
+                "coco",
+                "--root",
+                str(root),
+                "--sets",
+                "val2017",
+                "annotations",
+                "--mirror",
+                s.url,
+                "--checksums",
+                str(checksums),
+                "--expected",
+                str(expected),
+                "--no-progress",
+            ]
+        )
     assert code == 0
     dataset = COCODataset(root / "annotations" / "instances_val2017.json", root / "val2017")
     assert len(dataset) == 2 and dataset[0][1]["labels"].tolist() == [1]

@@ -34,15 +34,29 @@ class KillAtStep(pl.Callback):
 def _args(root: Path, params: dict, out: Path, config: Path = FCOS) -> list[str]:
     extra = ["--model.init_args.weights=null"]  # from scratch: no pretraining inside a unit test
     return [
-        "--config", str(config), *extra,
-        f"--data.init_args.root={root}", f"--data.init_args.seed={params['seed']}",
-        f"--data.init_args.num_train={params['num_train']}", f"--data.init_args.num_val={params['num_val']}",
-        f"--data.init_args.image_size={params['size']}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-        "--model.init_args.min_size=64", "--model.init_args.max_size=64", "--model.init_args.warmup_steps=3",
-        "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=3", "--trainer.enable_progress_bar=false",
-        "--trainer.deterministic=true", "--trainer.num_sanity_val_steps=0", "--trainer.max_time=null",
-        f"--trainer.logger.init_args.save_dir={out}", "--trainer.callbacks.init_args.dirpath=null",
-        "--checkpoint_every_n_steps=4", "--wandb.mode=disabled",
+        "--config",
+        str(config),
+        *extra,
+        f"--data.init_args.root={root}",
+        f"--data.init_args.seed={params['seed']}",
+        f"--data.init_args.num_train={params['num_train']}",
+        f"--data.init_args.num_val={params['num_val']}",
+        f"--data.init_args.image_size={params['size']}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--model.init_args.min_size=64",
+        "--model.init_args.max_size=64",
+        "--model.init_args.warmup_steps=3",
+        "--trainer.max_epochs=3",
+        "--trainer.check_val_every_n_epoch=3",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.deterministic=true",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.max_time=null",
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.callbacks.init_args.dirpath=null",
+        "--checkpoint_every_n_steps=4",
+        "--wandb.mode=disabled",
     ]
 
 
@@ -66,7 +80,9 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [FCOS, FASTER_RCNN], ids=["fcos", "faster_rcnn"])
-def test_killed_run_resumed_mid_epoch_ends_like_the_uninterrupted_run(tiny_shapes_dataset, tiny_shapes_params, tmp_path, config):
+def test_killed_run_resumed_mid_epoch_ends_like_the_uninterrupted_run(
+    tiny_shapes_dataset, tiny_shapes_params, tmp_path, config
+):
     # 24 images / batch 4 = 6 steps per epoch, 18 in all; step checkpoints every 4 steps.
     whole = _fit(_args(tiny_shapes_dataset, tiny_shapes_params, tmp_path / "whole", config))
     assert whole.trainer.global_step == 18

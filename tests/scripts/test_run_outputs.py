@@ -19,18 +19,33 @@ CONFIG = REPO / "experiments/fcos/shapes.yaml"
 
 
 def _args(root: Path, params: dict, out: Path) -> list[str]:
-    return ["--config", str(CONFIG), f"--data.init_args.root={root}", f"--data.init_args.seed={params['seed']}",
-            f"--data.init_args.num_train={params['num_train']}", f"--data.init_args.num_val={params['num_val']}",
-            f"--data.init_args.image_size={params['size']}", "--data.init_args.num_workers=0",
-            "--data.init_args.batch_size=4", "--model.init_args.min_size=64", "--model.init_args.max_size=64",
-            "--model.init_args.weights=null", "--trainer.max_epochs=1", "--trainer.max_time=null",
-            "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={out}", "--trainer.callbacks.init_args.dirpath=null"]
+    return [
+        "--config",
+        str(CONFIG),
+        f"--data.init_args.root={root}",
+        f"--data.init_args.seed={params['seed']}",
+        f"--data.init_args.num_train={params['num_train']}",
+        f"--data.init_args.num_val={params['num_val']}",
+        f"--data.init_args.image_size={params['size']}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--model.init_args.min_size=64",
+        "--model.init_args.max_size=64",
+        "--model.init_args.weights=null",
+        "--trainer.max_epochs=1",
+        "--trainer.max_time=null",
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.callbacks.init_args.dirpath=null",
+    ]
 
 
 @pytest.mark.parametrize("where", ["checkpoints", "logs", "wandb", "metrics_file"])
-def test_an_unwritable_output_is_one_line_error_before_training(tiny_shapes_dataset, tiny_shapes_params, tmp_path,
-                                                                 monkeypatch, capsys, where):
+def test_an_unwritable_output_is_one_line_error_before_training(
+    tiny_shapes_dataset, tiny_shapes_params, tmp_path, monkeypatch, capsys, where
+):
     from scripts.train import main
 
     blocker = tmp_path / "a_file"  # a folder below a regular file cannot be made, not even by root
@@ -63,8 +78,13 @@ def test_a_read_only_checkpoint_folder_fails_before_training(tiny_shapes_dataset
     folder.chmod(0o555)
     try:
         with pytest.raises(SystemExit, match="cannot write checkpoints to .*ckpt"):
-            main(["fit", *_args(tiny_shapes_dataset, tiny_shapes_params, tmp_path / "runs"),
-                  f"--trainer.callbacks.init_args.dirpath={folder}"])
+            main(
+                [
+                    "fit",
+                    *_args(tiny_shapes_dataset, tiny_shapes_params, tmp_path / "runs"),
+                    f"--trainer.callbacks.init_args.dirpath={folder}",
+                ]
+            )
     finally:
         folder.chmod(0o755)
 
@@ -94,8 +114,13 @@ _SAVE = textwrap.dedent("""
 
 def _save(target: Path, value: float, die: bool, tmpdir: Path) -> int:
     env = dict(os.environ, TMPDIR=str(tmpdir))
-    return subprocess.run([sys.executable, "-c", _SAVE, str(REPO), str(target), str(value), "die" if die else "ok"],
-                          env=env, capture_output=True, text=True, timeout=300).returncode
+    return subprocess.run(
+        [sys.executable, "-c", _SAVE, str(REPO), str(target), str(value), "die" if die else "ok"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).returncode
 
 
 def _big_files(folder: Path) -> list[Path]:
@@ -123,9 +148,16 @@ def test_the_validation_summary_shows_main_metrics_with_change_and_best():
 
     summary = ValidationSummary()
     checkpoint = SimpleNamespace(monitor="val/voc07/mAP", mode="max")
-    trainer = SimpleNamespace(current_epoch=0, global_step=6, checkpoint_callback=checkpoint,
-                              callback_metrics={"val/voc07/mAP": torch.tensor(0.25), "val/coco/AP": torch.tensor(0.1),
-                                                "train/loss": torch.tensor(3.0)})
+    trainer = SimpleNamespace(
+        current_epoch=0,
+        global_step=6,
+        checkpoint_callback=checkpoint,
+        callback_metrics={
+            "val/voc07/mAP": torch.tensor(0.25),
+            "val/coco/AP": torch.tensor(0.1),
+            "train/loss": torch.tensor(3.0),
+        },
+    )
     first = summary.table(trainer).splitlines()
     assert first[0] == "validation | epoch 0 | step 6"
     assert [line.split()[0] for line in first[2:]] == ["val/voc07/mAP", "val/coco/AP"]  # main metrics only

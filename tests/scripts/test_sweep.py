@@ -43,15 +43,22 @@ def write_sweep(tmp_path: Path, config: dict, name: str = "sweep.yaml") -> Path:
 def fake_sweep(tmp_path: Path, values: list, goal: str = "maximize") -> Path:
     program = tmp_path / "fake_train.py"
     program.write_text(FAKE_PROGRAM)
-    return write_sweep(tmp_path, {
-        "program": str(program), "method": "grid", "metric": {"name": "val/score", "goal": goal},
-        "parameters": {"x": {"values": values}, "tag": {"value": "fixed"}},
-        "command": ["${env}", "${interpreter}", "${program}", "--fixed=1", "${args}"],
-    })
+    return write_sweep(
+        tmp_path,
+        {
+            "program": str(program),
+            "method": "grid",
+            "metric": {"name": "val/score", "goal": goal},
+            "parameters": {"x": {"values": values}, "tag": {"value": "fixed"}},
+            "command": ["${env}", "${interpreter}", "${program}", "--fixed=1", "${args}"],
+        },
+    )
 
 
 def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
 
 
 def table_rows(stdout: str) -> list[list[str]]:
@@ -69,9 +76,18 @@ def test_grid_is_the_cartesian_product_with_fixed_values_in_every_trial():
 
 
 def test_grid_run_cap_and_count_limit_the_trials(tmp_path):
-    config = sweep.load_sweep(write_sweep(tmp_path, {
-        "program": "p.py", "method": "grid", "metric": {"name": "m"}, "run_cap": 3,
-        "parameters": {"a": {"values": [1, 2, 3, 4, 5]}}}))
+    config = sweep.load_sweep(
+        write_sweep(
+            tmp_path,
+            {
+                "program": "p.py",
+                "method": "grid",
+                "metric": {"name": "m"},
+                "run_cap": 3,
+                "parameters": {"a": {"values": [1, 2, 3, 4, 5]}},
+            },
+        )
+    )
     assert [t["a"] for t in sweep.plan_trials(config, None, 0)] == [1, 2, 3]
     assert [t["a"] for t in sweep.plan_trials(config, 2, 0)] == [1, 2]
 
@@ -92,7 +108,7 @@ def test_random_samples_respect_their_distributions_and_the_seed():
     assert all(-1.0 <= v <= 2.0 for v in column["u"])
     assert all(1e-4 <= v <= 1e-1 for v in column["lr"])
     # log-uniform: each decade equally likely, so the median is near the geometric middle 10^-2.5
-    assert 10 ** -2.8 < statistics.median(column["lr"]) < 10 ** -2.2
+    assert 10**-2.8 < statistics.median(column["lr"]) < 10**-2.2
     assert all(1.0 <= v <= math.e for v in column["e"])
     assert set(column["n"]) == {2, 3, 4, 5} and all(isinstance(v, int) for v in column["n"])
     assert set(column["q"]) <= {0.0, 0.25, 0.5, 0.75, 1.0}
@@ -103,9 +119,18 @@ def test_random_samples_respect_their_distributions_and_the_seed():
 
 
 def test_bayes_runs_offline_as_seeded_random_search(tmp_path, capsys):
-    config = sweep.load_sweep(write_sweep(tmp_path, {
-        "program": "p.py", "method": "bayes", "metric": {"name": "m", "goal": "maximize"}, "run_cap": 3,
-        "parameters": {"lr": {"distribution": "uniform", "min": 0.0, "max": 1.0}}}))
+    config = sweep.load_sweep(
+        write_sweep(
+            tmp_path,
+            {
+                "program": "p.py",
+                "method": "bayes",
+                "metric": {"name": "m", "goal": "maximize"},
+                "run_cap": 3,
+                "parameters": {"lr": {"distribution": "uniform", "min": 0.0, "max": 1.0}},
+            },
+        )
+    )
     trials = sweep.plan_trials(config, None, seed=0)
     assert len(trials) == 3 and trials == sweep.plan_trials(config, None, seed=0)
     assert "random" in capsys.readouterr().err
@@ -113,35 +138,57 @@ def test_bayes_runs_offline_as_seeded_random_search(tmp_path, capsys):
 
 def test_command_macros_are_substituted_like_the_wandb_agent():
     params = {"model.init_args.lr": 0.001, "trainer.max_epochs": 3}
-    argv = sweep.build_command(["${env}", "${interpreter}", "${program}", "fit", "${args}", "${args_no_hyphens}"],
-                               "scripts/train.py", params)
+    argv = sweep.build_command(
+        ["${env}", "${interpreter}", "${program}", "fit", "${args}", "${args_no_hyphens}"], "scripts/train.py", params
+    )
     env = ["/usr/bin/env"] if Path("/usr/bin/env").exists() else []
-    assert argv == [*env, sys.executable, str(REPO / "scripts/train.py"), "fit",
-                    "--model.init_args.lr=0.001", "--trainer.max_epochs=3",
-                    "model.init_args.lr=0.001", "trainer.max_epochs=3"]
+    assert argv == [
+        *env,
+        sys.executable,
+        str(REPO / "scripts/train.py"),
+        "fit",
+        "--model.init_args.lr=0.001",
+        "--trainer.max_epochs=3",
+        "model.init_args.lr=0.001",
+        "trainer.max_epochs=3",
+    ]
     assert sweep.build_command(["${program}"], "/abs/train.py", {}) == ["/abs/train.py"]
     assert json.loads(sweep.build_command(["${args_json}"], "p.py", params)[0]) == params
 
 
-@pytest.mark.parametrize("change, field, message", [
-    ({"method": "grid", "parameters": {"model.init_args.lr": {"distribution": "uniform", "min": 0, "max": 1}}},
-     "parameters.model.init_args.lr", "grid needs 'values'"),
-    ({"method": "hyperband"}, "method", "one of grid, random, bayes"),
-    ({"metric": {"goal": "maximize"}}, "metric", "name"),
-    ({"metric": {"name": "m", "goal": "up"}}, "metric.goal", "maximize or minimize"),
-    ({"program": None}, "program", "required"),
-    ({"parameters": {}}, "parameters", "non-empty"),
-    ({"parameters": {"a": {"distribution": "beta", "min": 0, "max": 1}}}, "parameters.a.distribution", "unsupported"),
-    ({"parameters": {"a": {"distribution": "uniform", "min": 0}}}, "parameters.a", "needs 'max'"),
-    ({"parameters": {"a": {"values": []}}}, "parameters.a.values", "non-empty list"),
-    ({"parameters": {"a": {"distribution": "log_uniform_values", "min": 0, "max": 1}}}, "parameters.a", "> 0"),
-    ({"parameters": {"a": 3}}, "parameters.a", "expected a mapping"),
-    ({"run_cap": 0}, "run_cap", "positive integer"),
-    ({"command": "python train.py"}, "command", "list of strings"),
-])
+@pytest.mark.parametrize(
+    "change, field, message",
+    [
+        (
+            {"method": "grid", "parameters": {"model.init_args.lr": {"distribution": "uniform", "min": 0, "max": 1}}},
+            "parameters.model.init_args.lr",
+            "grid needs 'values'",
+        ),
+        ({"method": "hyperband"}, "method", "one of grid, random, bayes"),
+        ({"metric": {"goal": "maximize"}}, "metric", "name"),
+        ({"metric": {"name": "m", "goal": "up"}}, "metric.goal", "maximize or minimize"),
+        ({"program": None}, "program", "required"),
+        ({"parameters": {}}, "parameters", "non-empty"),
+        (
+            {"parameters": {"a": {"distribution": "beta", "min": 0, "max": 1}}},
+            "parameters.a.distribution",
+            "unsupported",
+        ),
+        ({"parameters": {"a": {"distribution": "uniform", "min": 0}}}, "parameters.a", "needs 'max'"),
+        ({"parameters": {"a": {"values": []}}}, "parameters.a.values", "non-empty list"),
+        ({"parameters": {"a": {"distribution": "log_uniform_values", "min": 0, "max": 1}}}, "parameters.a", "> 0"),
+        ({"parameters": {"a": 3}}, "parameters.a", "expected a mapping"),
+        ({"run_cap": 0}, "run_cap", "positive integer"),
+        ({"command": "python train.py"}, "command", "list of strings"),
+    ],
+)
 def test_sweep_file_errors_name_the_file_and_the_field(tmp_path, change, field, message):
-    config = {"program": "scripts/train.py", "method": "random", "metric": {"name": "m", "goal": "maximize"},
-              "parameters": {"a": {"values": [1, 2]}}}
+    config = {
+        "program": "scripts/train.py",
+        "method": "random",
+        "metric": {"name": "m", "goal": "maximize"},
+        "parameters": {"a": {"values": [1, 2]}},
+    }
     config.update(change)
     path = write_sweep(tmp_path, {k: v for k, v in config.items() if v is not None}, "x.yaml")
     with pytest.raises(sweep.SweepError) as error:
@@ -150,8 +197,15 @@ def test_sweep_file_errors_name_the_file_and_the_field(tmp_path, change, field, 
 
 
 def test_the_cli_reports_a_bad_file_with_its_field_and_exit_2(tmp_path):
-    path = write_sweep(tmp_path, {"program": "p.py", "method": "grid", "metric": {"name": "m"},
-                                  "parameters": {"lr": {"distribution": "uniform", "min": 0, "max": 1}}})
+    path = write_sweep(
+        tmp_path,
+        {
+            "program": "p.py",
+            "method": "grid",
+            "metric": {"name": "m"},
+            "parameters": {"lr": {"distribution": "uniform", "min": 0, "max": 1}},
+        },
+    )
     result = run_script(str(path), "--offline", "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert f"{path}: parameters.lr: grid needs 'values'" in result.stderr
@@ -172,10 +226,20 @@ def test_online_creates_the_sweep_and_runs_parallel_wandb_agents(tmp_path, monke
             return 1 if len(launched) == 1 else 0  # one agent failing does not fail the sweep
 
     monkeypatch.setattr(sweep, "is_logged_in", lambda: True)
-    monkeypatch.setattr(wandb, "sweep", lambda config, project, entity: created.append((config, project, entity)) or "abc123")
+    monkeypatch.setattr(
+        wandb, "sweep", lambda config, project, entity: created.append((config, project, entity)) or "abc123"
+    )
     monkeypatch.setattr(sweep.subprocess, "Popen", FakeAgent)
-    path = write_sweep(tmp_path, {"program": "scripts/train.py", "method": "random", "metric": {"name": "m"},
-                                  "run_cap": 5, "parameters": {"a": {"values": [1, 2]}}})
+    path = write_sweep(
+        tmp_path,
+        {
+            "program": "scripts/train.py",
+            "method": "random",
+            "metric": {"name": "m"},
+            "run_cap": 5,
+            "parameters": {"a": {"values": [1, 2]}},
+        },
+    )
     assert sweep.main([str(path), "--parallel", "2", "--project", "p", "--entity", "e"]) == 0
     assert created == [(yaml.safe_load(path.read_text()), "p", "e")]
     assert len(launched) == 2 and all(cwd == sweep.REPO_ROOT for _, cwd in launched)
@@ -186,8 +250,10 @@ def test_online_creates_the_sweep_and_runs_parallel_wandb_agents(tmp_path, monke
 
 @pytest.mark.parametrize("goal, expected", [("maximize", [5, 2, 1, 3]), ("minimize", [1, 2, 5, 3])])
 def test_rank_orders_by_the_goal_and_puts_failures_last(goal, expected):
-    results = [sweep.TrialResult(i, {"x": x}, "ok" if x != 3 else "failed: exit 1", None if x == 3 else float(x), 1.0, "")
-               for i, x in enumerate([1, 3, 2, 5])]
+    results = [
+        sweep.TrialResult(i, {"x": x}, "ok" if x != 3 else "failed: exit 1", None if x == 3 else float(x), 1.0, "")
+        for i, x in enumerate([1, 3, 2, 5])
+    ]
     assert [r.params["x"] for r in sweep.rank(results, goal)] == expected
 
 
@@ -198,8 +264,11 @@ def test_offline_sweep_runs_every_trial_ranks_them_and_reports_the_failed_one(tm
     rows = table_rows(result.stdout)
     # columns: rank, trial, x, tag, val/score, seconds, status
     assert [(r[0], r[1], r[2], r[4]) for r in rows] == [
-        ("1", "trial-3", "5", "5.0000"), ("2", "trial-2", "2", "2.0000"), ("3", "trial-0", "1", "1.0000"),
-        ("-", "trial-1", "3", "-")]
+        ("1", "trial-3", "5", "5.0000"),
+        ("2", "trial-2", "2", "2.0000"),
+        ("3", "trial-0", "1", "1.0000"),
+        ("-", "trial-1", "3", "-"),
+    ]
     assert all(r[3] == "fixed" for r in rows)
     assert rows[3][6] == "failed: exit 1" and all(r[6] == "ok" for r in rows[:3])
     assert "boom: x == 3 is not allowed" in result.stderr  # the failed trial's log tail
@@ -207,7 +276,8 @@ def test_offline_sweep_runs_every_trial_ranks_them_and_reports_the_failed_one(tm
     (group_dir,) = out.iterdir()
     assert group_dir.name.startswith("sweep-")
     assert (group_dir / "leaderboard.md").read_text().splitlines()[2:] == [
-        line for line in result.stdout.splitlines() if line.startswith("|")][2:]
+        line for line in result.stdout.splitlines() if line.startswith("|")
+    ][2:]
     board = json.loads((group_dir / "leaderboard.json").read_text())
     assert board["metric"] == "val/score" and board["goal"] == "maximize"
     assert [t["metric"] for t in board["trials"]] == [5.0, 2.0, 1.0, None]

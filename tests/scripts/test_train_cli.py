@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,25 +30,108 @@ def _data_args(root: Path, params: dict) -> list[str]:
 
 
 def test_print_config_resolves_model_and_data_classes():
-    out = subprocess.run([sys.executable, str(REPO / "scripts/train.py"), "fit", "--config", str(CONFIG), "--print_config"],
-                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts/train.py"), "fit", "--config", str(CONFIG), "--print_config"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
     config = yaml.safe_load(out)
     assert config["model"]["class_path"] == "models.detection.fcos.FCOS"
     assert config["data"]["class_path"] == "datamodules.ShapesDataModule"
     assert config["model"]["init_args"]["lr"] == 0.02  # base-class arguments reach the subclass
 
 
-@pytest.mark.slow
-def test_fit_lowers_the_baseline_loss_and_test_reports_metrics(tiny_shapes_dataset, tiny_shapes_params, tmp_path,
-                                                               capsys):
+MODEL_OPTIMIZER = (
+    r"the optimiser and its schedule are the model's own \(models.base.TaskModule\): "
+    r"set model.init_args.optimizer, lr, "
+)
+
+
+@pytest.mark.parametrize("given", [["--optimizer=SGD"], ["--lr_scheduler", "StepLR"]])
+def test_lightning_optimizer_arguments_are_refused_naming_the_model_settings(given):
     from scripts.train import main
 
-    args = ["--config", str(CONFIG), *_data_args(tiny_shapes_dataset, tiny_shapes_params),
-            "--trainer.max_epochs=6", "--trainer.check_val_every_n_epoch=3", "--trainer.log_every_n_steps=1",
-            "--trainer.max_time=null", "--trainer.deterministic=true",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.callbacks.init_args.dirpath=null",  # the run's own folder, whatever the config says
-            "--model.init_args.warmup_steps=5"]
+    with pytest.raises(Exception, match=rf"unrecognized arguments: .*{given[0]}.*; {MODEL_OPTIMIZER}"):
+        main(["fit", "--config", str(CONFIG), *given], run=False, exit_on_error=False)
+
+
+def test_an_optimizer_config_key_is_refused_naming_the_model_settings(tmp_path):
+    extra = tmp_path / "optimizer.yaml"
+    extra.write_text("optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/train.py"),
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--config",
+            str(extra),
+            "--print_config",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    last_line = result.stderr.splitlines()[-1]
+    assert re.fullmatch(rf"error: Option 'optimizer[.a-z_]*' is not accepted; {MODEL_OPTIMIZER}.*", last_line)
+
+
+@pytest.mark.slow
+def test_the_model_own_optimizer_and_schedule_run(tiny_shapes_dataset, tiny_shapes_params, tmp_path):
+    import torch
+
+    from models.base import TaskModule
+    from scripts.train import main
+
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            *_data_args(tiny_shapes_dataset, tiny_shapes_params),
+            "--trainer.max_epochs=null",
+            "--trainer.max_steps=6",
+            "--trainer.limit_val_batches=0",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks=null",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--model.init_args.warmup_steps=10",
+        ]
+    )
+    assert "configure_optimizers" not in vars(cli.model)  # LightningCLI did not replace the model's method
+    assert type(cli.model).configure_optimizers is TaskModule.configure_optimizers
+    (optimizer,), (schedule,) = cli.trainer.optimizers, cli.trainer.lr_scheduler_configs
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["momentum"] == 0.9  # the config's sgd, lr 0.02
+    assert schedule.interval == "step" and schedule.scheduler.last_epoch == 6
+    # 6 steps: warm-up over 5 from 0.1 x lr, then the cosine down to zero at the end of the run
+    assert [schedule.scheduler.lr_lambdas[0](s) for s in (0, 4, 5)] == pytest.approx([0.1, 0.82, 1.0])
+    assert optimizer.param_groups[0]["initial_lr"] == 0.02 and optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+@pytest.mark.slow
+def test_fit_lowers_the_baseline_loss_and_test_reports_metrics(
+    tiny_shapes_dataset, tiny_shapes_params, tmp_path, capsys
+):
+    from scripts.train import main
+
+    args = [
+        "--config",
+        str(CONFIG),
+        *_data_args(tiny_shapes_dataset, tiny_shapes_params),
+        "--trainer.max_epochs=6",
+        "--trainer.check_val_every_n_epoch=3",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.max_time=null",
+        "--trainer.deterministic=true",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.callbacks.init_args.dirpath=null",  # the run's own folder, whatever the config says
+        "--model.init_args.warmup_steps=5",
+    ]
     cli = main(["fit", *args, "--progress=lines", "--progress_every_n_steps=6"])
     # The classes came from the DataModule, not the config.
     assert cli.model.num_classes == 6 and cli.model.class_names[0] == "circle"
@@ -64,8 +148,9 @@ def test_fit_lowers_the_baseline_loss_and_test_reports_metrics(tiny_shapes_datas
 
     out = capsys.readouterr().out
     # 36 steps, a progress line every 6 (not one bar's last state), one line per epoch, a table per validation
-    steps = [line for line in out.splitlines()
-             if line.startswith("epoch ") and " | step " in line and "done" not in line]
+    steps = [
+        line for line in out.splitlines() if line.startswith("epoch ") and " | step " in line and "done" not in line
+    ]
     assert [line.split(" | ")[1] for line in steps] == [f"step {n}/36" for n in range(6, 37, 6)]
     assert "train/loss" in steps[0] and "steps/s" in steps[0]
     assert sum(line.startswith("epoch ") and " done | " in line for line in out.splitlines()) == 6
@@ -95,8 +180,12 @@ def test_last_checkpoint_is_the_newest_version_that_saved_one(tmp_path):
     from scripts.train import last_checkpoint
 
     root = tmp_path / "name"
-    for version, files in {0: ["last.ckpt"], 1: ["last.ckpt", "last-step.ckpt", "epoch=0.ckpt.partial"],
-                           2: [], 10: []}.items():
+    for version, files in {
+        0: ["last.ckpt"],
+        1: ["last.ckpt", "last-step.ckpt", "epoch=0.ckpt.partial"],
+        2: [],
+        10: [],
+    }.items():
         folder = root / f"version_{version}" / "checkpoints"
         folder.mkdir(parents=True)
         for i, name in enumerate(files):
@@ -104,14 +193,25 @@ def test_last_checkpoint_is_the_newest_version_that_saved_one(tmp_path):
             os.utime(folder / name, (1000 + i, 1000 + i))
     step = ModelCheckpoint(every_n_train_steps=4, save_last=True, save_top_k=0)
     step.CHECKPOINT_NAME_LAST = "last-step"
-    trainer = Trainer(logger=CSVLogger(tmp_path, name="name"), callbacks=[ModelCheckpoint(save_last=True), step],
-                      enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        logger=CSVLogger(tmp_path, name="name"),
+        callbacks=[ModelCheckpoint(save_last=True), step],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     # version_10 and version_2 have no checkpoint (a test run, a run that died before saving): version_1's newer file
     assert last_checkpoint(trainer) == root / "version_1" / "checkpoints" / "last-step.ckpt"
-    explicit = Trainer(logger=CSVLogger(tmp_path, name="name"),
-                       callbacks=[ModelCheckpoint(dirpath=root / "version_0" / "checkpoints", save_last=True)],
-                       enable_progress_bar=False, enable_model_summary=False)
+    explicit = Trainer(
+        logger=CSVLogger(tmp_path, name="name"),
+        callbacks=[ModelCheckpoint(dirpath=root / "version_0" / "checkpoints", save_last=True)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     assert last_checkpoint(explicit) == root / "version_0" / "checkpoints" / "last.ckpt"
-    empty = Trainer(logger=CSVLogger(tmp_path, name="other"), callbacks=[ModelCheckpoint(save_last=True)],
-                    enable_progress_bar=False, enable_model_summary=False)
+    empty = Trainer(
+        logger=CSVLogger(tmp_path, name="other"),
+        callbacks=[ModelCheckpoint(save_last=True)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     assert last_checkpoint(empty) is None

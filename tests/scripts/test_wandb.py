@@ -19,23 +19,43 @@ CONFIG = REPO / "experiments/fcos/shapes.yaml"
 
 
 @pytest.mark.slow
-def test_offline_run_writes_metrics_config_and_box_images(tiny_shapes_dataset, tiny_shapes_params, tmp_path,
-                                                          monkeypatch, capfd):
+def test_offline_run_writes_metrics_config_and_box_images(
+    tiny_shapes_dataset, tiny_shapes_params, tmp_path, monkeypatch, capfd
+):
     from scripts.train import main
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "")  # not logged in: auto must mean offline
     p = tiny_shapes_params
-    main(["fit", "--config", str(CONFIG), f"--data.init_args.root={tiny_shapes_dataset}", f"--data.init_args.seed={p['seed']}",
-          f"--data.init_args.num_train={p['num_train']}", f"--data.init_args.num_val={p['num_val']}",
-          f"--data.init_args.image_size={p['size']}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-          "--model.init_args.min_size=64", "--model.init_args.max_size=64", "--model.init_args.warmup_steps=2",
-          "--model.init_args.weights=null",
-          "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--trainer.log_every_n_steps=2",
-          "--trainer.max_time=null",  # no time budget: both epochs run however busy the machine is
-          "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
-          "--trainer.callbacks.init_args.dirpath=null",
-          "--wandb.mode=auto", f"--wandb.save_dir={tmp_path}", "--wandb.group=test-group", "--wandb.num_images=3"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            f"--data.init_args.root={tiny_shapes_dataset}",
+            f"--data.init_args.seed={p['seed']}",
+            f"--data.init_args.num_train={p['num_train']}",
+            f"--data.init_args.num_val={p['num_val']}",
+            f"--data.init_args.image_size={p['size']}",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=4",
+            "--model.init_args.min_size=64",
+            "--model.init_args.max_size=64",
+            "--model.init_args.warmup_steps=2",
+            "--model.init_args.weights=null",
+            "--trainer.max_epochs=2",
+            "--trainer.check_val_every_n_epoch=1",
+            "--trainer.log_every_n_steps=2",
+            "--trainer.max_time=null",  # no time budget: both epochs run however busy the machine is
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.callbacks.init_args.dirpath=null",
+            "--wandb.mode=auto",
+            f"--wandb.save_dir={tmp_path}",
+            "--wandb.group=test-group",
+            "--wandb.num_images=3",
+        ]
+    )
     import wandb
 
     wandb.finish()  # a script's run finishes at exit; in-process, flush it before reading the file
@@ -77,8 +97,14 @@ def test_offline_run_writes_metrics_config_and_box_images(tiny_shapes_dataset, t
     assert len(curves) == 2
     points = json.loads((runs[0] / "files" / curves[-1]["path"]).read_text())
     assert points["columns"] == ["step", "lineKey", "lineVal"]  # recall, "<class> (AP ...)", precision
-    assert {key.split(" (AP")[0] for _, key, _ in points["data"]} <= {"circle", "rectangle", "triangle", "star",
-                                                                      "hexagon", "cross"}
+    assert {key.split(" (AP")[0] for _, key, _ in points["data"]} <= {
+        "circle",
+        "rectangle",
+        "triangle",
+        "star",
+        "hexagon",
+        "cross",
+    }
     assert all(0.0 <= r <= 1.0 and 0.0 <= p <= 1.0 for r, _, p in points["data"])
 
 
@@ -104,9 +130,17 @@ def test_semantic_and_instance_predictions_become_wandb_masks():
     masks = torch.zeros(2, 1, 8, 8)
     masks[0, 0, :4, :4] = 0.9
     masks[1, 0, 2:6, 2:6] = 0.8
-    instance = {"boxes": torch.tensor([[0.0, 0, 4, 4], [2, 2, 6, 6]]), "labels": torch.tensor([1, 2]),
-                "scores": torch.tensor([0.9, 0.8]), "masks": masks}
-    target = {"boxes": torch.tensor([[0.0, 0, 4, 4]]), "labels": torch.tensor([1]), "masks": (masks[:1, 0] > 0.5).to(torch.uint8)}
+    instance = {
+        "boxes": torch.tensor([[0.0, 0, 4, 4], [2, 2, 6, 6]]),
+        "labels": torch.tensor([1, 2]),
+        "scores": torch.tensor([0.9, 0.8]),
+        "masks": masks,
+    }
+    target = {
+        "boxes": torch.tensor([[0.0, 0, 4, 4]]),
+        "labels": torch.tensor([1]),
+        "masks": (masks[:1, 0] > 0.5).to(torch.uint8),
+    }
     cb._items = [(image, label_map, gt), (image, instance, target)]
     sem, inst = cb.overlays(["a", "b", "c"])
     assert sem["masks"]["predictions"]["mask_data"][3, 3] == 3

@@ -113,7 +113,9 @@ def test_decoding_rejects_pairs_by_embedding_class_and_geometry():
     assert len(strict["boxes"]) == 3 and len(loose["boxes"]) == 4
 
 
-@pytest.mark.parametrize("options", [{}, {"corner_pool": False}, {"num_stacks": 2}], ids=["pool", "no_pool", "two_stacks"])
+@pytest.mark.parametrize(
+    "options", [{}, {"corner_pool": False}, {"num_stacks": 2}], ids=["pool", "no_pool", "two_stacks"]
+)
 def test_forward_train_and_eval(options):
     torch.manual_seed(0)
     model = CornerNet(num_classes=K, channels=(16, 24, 32), **options)
@@ -147,7 +149,9 @@ def test_short_fit_lowers_the_loss(train_steps):
     for image in images:
         image[:, 12:40, 10:50] = 0.9
         image[:, 62:110, 60:121] = 0.0
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 62.0, 121.0, 110.0]]), "labels": torch.tensor([1, 3])}] * 2
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 62.0, 121.0, 110.0]]), "labels": torch.tensor([1, 3])}
+    ] * 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)

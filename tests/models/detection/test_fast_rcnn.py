@@ -64,14 +64,15 @@ def test_eval_forward_returns_detections_in_the_image(tmp_path):
         assert len(d["scores"]) > 0 and ((d["labels"] >= 1) & (d["labels"] <= K)).all()
         assert ((d["scores"] > model.score_thresh) & (d["scores"] <= 1)).all()
         height, width = image.shape[-2:]
-        assert (d["boxes"][:, :2] >= 0).all() and (d["boxes"][:, 2] <= width).all() and (d["boxes"][:, 3] <= height).all()
+        assert (d["boxes"][:, :2] >= 0).all()
+        assert (d["boxes"][:, 2] <= width).all() and (d["boxes"][:, 3] <= height).all()
 
 
 def test_backbone_runs_once_for_all_regions(tmp_path):
     model = small_model(tmp_path).eval()
     calls, pooled = [], []
     model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
-    model.head.roi_pool.register_forward_hook(lambda m, i, o: pooled.append(o.shape))
+    model.head.roi_pooler.register_forward_hook(lambda m, i, o: pooled.append(o.shape))
     images = batch()[0]
     proposals = [model.selective_search(im) for im in images]
     with torch.no_grad():
@@ -91,7 +92,7 @@ def test_given_proposals_skip_selective_search(tmp_path):
 @pytest.mark.parametrize("layer, stride", [("c3", 8), ("c4", 16)])
 def test_roi_op_and_spatial_scale_follow_the_options(tmp_path, layer, stride):
     model = small_model(tmp_path, return_layer=layer, roi_op="align")
-    assert model.head.roi_pool.op == "align" and model.head.roi_pool.spatial_scale == 1 / stride
+    assert model.head.roi_pooler.kind == "align" and model.head.roi_pooler.spatial_scale == 1 / stride
 
 
 def test_stage_times_and_timed_passes_segment(tmp_path):
@@ -115,32 +116,3 @@ def test_shapes_weights_need_the_data(tmp_path):
     model = small_model(tmp_path, weights="shapes")  # no data_root and no DataModule to take it from
     with pytest.raises(ValueError, match="data_root"):
         model.setup("fit")
-
-
-@pytest.mark.slow
-def test_short_fit_lowers_the_loss(tmp_path, train_steps):
-    model = small_model(tmp_path).train()
-    images, targets = batch((1, 2, 3, 4))
-    proposals = [model.selective_search(im) for im in images]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    torch.manual_seed(0)
-    losses = train_steps(lambda: sum(model(images, targets, proposals).values()), optimizer, 40)
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
-
-
-@pytest.mark.slow
-def test_trains_and_validates_through_lightning(tiny_shapes_dataset, tiny_shapes_params):
-    import pytorch_lightning as pl
-
-    from datamodules import ShapesDataModule
-
-    params = dict(tiny_shapes_params)
-    dm = ShapesDataModule(root=str(tiny_shapes_dataset), image_size=params.pop("size"), batch_size=4, progress=False, **params)
-    torch.manual_seed(0)
-    model = FastRCNN(num_classes=dm.num_classes, class_names=list(dm.class_names), representation_size=64, min_size=64, max_size=64)
-    trainer = pl.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, dm)
-    # The train and val splits were segmented before training, into the cache beside the data.
-    assert model.selective_search.cache_dir == tiny_shapes_dataset / ".cache" / "selective_search"
-    assert len(list(model.selective_search.cache_dir.rglob("*.npy"))) == params["num_train"] + params["num_val"]
-    assert "voc07/mAP" in model.last_val_metrics

@@ -1,45 +1,10 @@
 import pytest
 import torch
-from torchvision.models.detection.image_list import ImageList
 
-from models.detection.faster_rcnn import FasterRCNN, anchor_generator
+from models.detection.faster_rcnn import FasterRCNN
 from models.parts.pretrain import cache_path
 
 K = 3
-
-
-def anchors_for(generator, image_size: int, feature_sizes: list[int]) -> torch.Tensor:
-    images = ImageList(torch.zeros(1, 3, image_size, image_size), [(image_size, image_size)])
-    features = [torch.zeros(1, 8, s, s) for s in feature_sizes]
-    return generator(images, features)[0]
-
-
-def test_anchors_of_the_shapes_config_tile_the_stride_grid():
-    # one stride-16 map of a 128 px image, sizes 16/32/64 x ratios 0.5/1/2: 9 anchors at each of 8 x 8 points
-    generator = anchor_generator((16, 32, 64), (0.5, 1.0, 2.0), num_levels=1)
-    assert generator.num_anchors_per_location() == [9]
-    anchors = anchors_for(generator, 128, [8]).reshape(8, 8, 9, 4)  # (y, x, anchor, xyxy)
-    centres = (anchors[..., :2] + anchors[..., 2:]) / 2
-    grid = torch.arange(8.0) * 16
-    assert torch.allclose(centres[..., 0], grid[None, :, None].expand(8, 8, 9))
-    assert torch.allclose(centres[..., 1], grid[:, None, None].expand(8, 8, 9))
-    sizes = anchors[0, 0, :, 2:] - anchors[0, 0, :, :2]
-    areas, ratios = sizes.prod(1), sizes[:, 1] / sizes[:, 0]
-    # torchvision orders them ratio-major: (0.5: 16, 32, 64), (1: 16, 32, 64), (2: ...); sides are rounded
-    assert torch.allclose(areas.sqrt(), torch.tensor([16.0, 32, 64]).repeat(3), rtol=0.05)
-    assert torch.allclose(ratios, torch.tensor([0.5, 1.0, 2.0]).repeat_interleave(3), rtol=0.1)
-
-
-def test_fpn_anchors_put_one_size_on_each_level():
-    generator = anchor_generator((16, 32, 64), (0.5, 1.0, 2.0), num_levels=3)
-    assert generator.num_anchors_per_location() == [3, 3, 3]
-    anchors = anchors_for(generator, 128, [16, 8, 4])
-    assert len(anchors) == 3 * (16 * 16 + 8 * 8 + 4 * 4)
-    side = (anchors[:, 2:] - anchors[:, :2]).prod(1).sqrt()
-    assert torch.allclose(side[: 3 * 256], torch.full((3 * 256,), 16.0), rtol=0.1)
-    assert torch.allclose(side[-3 * 16 :], torch.full((3 * 16,), 64.0), rtol=0.1)
-    with pytest.raises(ValueError, match="one anchor size per level"):
-        anchor_generator((16, 32), (1.0,), num_levels=3)
 
 
 def test_course_rpn_example_640_by_480():
@@ -47,7 +12,13 @@ def test_course_rpn_example_640_by_480():
     # anchor of fixed size at each point, a 1 x 20 x 15 objectness map (and 4 x 20 x 15 box deltas)
     torch.manual_seed(0)
     model = FasterRCNN(
-        num_classes=K, backbone="resnet18", return_layers=("c5",), anchor_sizes=(128,), anchor_ratios=(1.0,), min_size=480, max_size=640
+        num_classes=K,
+        backbone="resnet18",
+        return_layers=("c5",),
+        anchor_sizes=(128,),
+        anchor_ratios=(1.0,),
+        min_size=480,
+        max_size=640,
     ).eval()
     with torch.no_grad():
         images, _ = model.detector.transform([torch.rand(3, 640, 480)])
@@ -60,7 +31,9 @@ def test_course_rpn_example_640_by_480():
 
 
 def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, 3])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, 3])}
+    ]
     targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
     return targets[:n]
 

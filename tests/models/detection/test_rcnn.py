@@ -1,7 +1,6 @@
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -76,7 +75,8 @@ def test_eval_forward_returns_detections_in_the_image(tmp_path):
         assert set(d) == {"boxes", "labels", "scores"} and len(d["scores"]) > 0
         assert ((d["labels"] >= 1) & (d["labels"] <= K)).all() and d["labels"].dtype == torch.int64
         height, width = image.shape[-2:]
-        assert (d["boxes"][:, :2] >= 0).all() and (d["boxes"][:, 2] <= width).all() and (d["boxes"][:, 3] <= height).all()
+        assert (d["boxes"][:, :2] >= 0).all()
+        assert (d["boxes"][:, 2] <= width).all() and (d["boxes"][:, 3] <= height).all()
 
 
 def test_stage_times(tmp_path):
@@ -89,11 +89,13 @@ def test_stage_times(tmp_path):
 
 def test_svm_targets_hand_made():
     gt_boxes, gt_labels = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]]), torch.tensor([1, 3])
-    boxes = torch.tensor([
-        [0.0, 0.0, 10.0, 10.0],  # the class-1 object itself
-        [0.0, 0.0, 10.0, 20.0],  # IoU 0.5 with it: neither positive nor negative for class 1
-        [20.0, 20.0, 40.0, 25.0],  # IoU 0.25 with the class-3 object: a negative for every class
-    ])
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # the class-1 object itself
+            [0.0, 0.0, 10.0, 20.0],  # IoU 0.5 with it: neither positive nor negative for class 1
+            [20.0, 20.0, 40.0, 25.0],  # IoU 0.25 with the class-3 object: a negative for every class
+        ]
+    )
     targets = svm_targets(boxes, gt_boxes, gt_labels, num_classes=3, positive_iou=1.0, negative_iou=0.3)
     assert targets.tolist() == [[1, -1, -1], [0, -1, -1], [-1, -1, -1]]
 
@@ -128,30 +130,3 @@ def test_svms_learn_on_detached_features(tmp_path):
 def test_box_regression_only_from_close_regions(tmp_path):
     model = small_model(tmp_path, bbox_reg_iou=1.01).train()  # no region qualifies
     assert model(*batch())["loss_box_reg"].item() == 0.0
-
-
-@pytest.mark.slow
-def test_short_fit_lowers_the_loss(tmp_path, train_steps):
-    model = small_model(tmp_path).train()
-    images, targets = batch((1, 2, 3, 4))
-    proposals = [model.selective_search(im) for im in images]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    torch.manual_seed(0)
-    losses = train_steps(lambda: sum(model(images, targets, proposals).values()), optimizer, 40)
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
-
-
-@pytest.mark.slow
-def test_trains_and_validates_through_lightning(tiny_shapes_dataset, tiny_shapes_params):
-    import pytorch_lightning as pl
-
-    from datamodules import ShapesDataModule
-
-    params = dict(tiny_shapes_params)
-    dm = ShapesDataModule(root=str(tiny_shapes_dataset), image_size=params.pop("size"), batch_size=4, progress=False, **params)
-    torch.manual_seed(0)
-    model = RCNN(num_classes=dm.num_classes, class_names=list(dm.class_names), crop_size=32, representation_size=64, classifier="svm")
-    trainer = pl.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, dm)
-    assert model.selective_search.cache_dir == tiny_shapes_dataset / ".cache" / "selective_search"
-    assert "voc07/mAP" in model.last_val_metrics

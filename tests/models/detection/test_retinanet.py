@@ -12,7 +12,9 @@ K = 3
 
 def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
     # label K is used: with K sigmoid columns it must map to the last one
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, K])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, K])}
+    ]
     targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
     return targets[:n]
 

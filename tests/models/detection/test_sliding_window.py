@@ -4,18 +4,22 @@ import torch.nn.functional as F
 
 from models.detection.sliding_window import SlidingWindow, count_windows, sliding_windows, window_shapes
 from models.parts.pretrain import crop_windows
+from models.parts.proposals import label_proposals
 
 K = 3
 
 
 def small_model(**kwargs) -> SlidingWindow:
     torch.manual_seed(0)
-    defaults = dict(num_classes=K, window_sizes=(16, 32), aspect_ratios=(0.5, 1.0, 2.0), stride_fraction=0.5, image_size=64)
+    defaults = dict(
+        num_classes=K, window_sizes=(16, 32), aspect_ratios=(0.5, 1.0, 2.0), stride_fraction=0.5, image_size=64
+    )
     return SlidingWindow(**{**defaults, **kwargs})
 
 
 def test_window_grid_hand_computed():
-    # 32 px squares stepping 16 px in a 64 x 70 (H x W) image: x in {3, 19, 35} (3 px margin each side), y in {0, 16, 32}
+    # 32 px squares stepping 16 px in a 64 x 70 (H x W) image: x in {3, 19, 35} (3 px margin each side),
+    # y in {0, 16, 32}
     windows = sliding_windows((64, 70), (32,), (1.0,), 0.5)
     assert windows.shape == (9, 4)
     assert sorted({int(x) for x in windows[:, 0]}) == [3, 19, 35]
@@ -32,7 +36,11 @@ def test_window_shapes_keep_area_and_ratio():
 
 @pytest.mark.parametrize(
     "image_size, sizes, ratios, stride",
-    [((128, 128), (16, 24, 32, 48, 64, 96), (0.5, 1.0, 2.0), 0.25), ((100, 60), (20, 50, 90), (1.0, 3.0), 0.3), ((64, 64), (80,), (1.0,), 0.5)],
+    [
+        ((128, 128), (16, 24, 32, 48, 64, 96), (0.5, 1.0, 2.0), 0.25),
+        ((100, 60), (20, 50, 90), (1.0, 3.0), 0.3),
+        ((64, 64), (80,), (1.0,), 0.5),
+    ],
 )
 def test_count_formula_matches_the_windows(image_size, sizes, ratios, stride):
     windows = sliding_windows(image_size, sizes, ratios, stride)
@@ -59,14 +67,32 @@ def test_crops_equal_manual_crops():
     assert torch.allclose(crops[2], F.avg_pool2d(image[:, 0:64, 60:92], (2, 1)), atol=1e-6)  # tall: warped
 
 
-def test_label_windows_uses_the_iou_thresholds():
-    model = small_model()
-    target = {"boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([2])}
-    windows = torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 20.0, 30.0], [0.0, 0.0, 20.0, 50.0], [30.0, 30.0, 50.0, 50.0]])
+def test_windows_are_labelled_with_the_iou_thresholds():
+    sampler = small_model().sampler
+    gt_boxes, gt_labels = torch.tensor([[0.0, 0.0, 20.0, 20.0]]), torch.tensor([2])
+    windows = torch.tensor(
+        [[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 20.0, 30.0], [0.0, 0.0, 20.0, 50.0], [30.0, 30.0, 50.0, 50.0]]
+    )
+    thresholds = (sampler.fg_iou, sampler.bg_iou)
     # IoU: 1, 2/3 -> class 2; 0.4 -> ignored; 0 -> background
-    assert model.label_windows(windows, target).tolist() == [2, 2, -1, 0]
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-    assert model.label_windows(windows, empty).tolist() == [0, 0, 0, 0]
+    assert label_proposals(windows, gt_boxes, gt_labels, *thresholds).labels.tolist() == [2, 2, -1, 0]
+    empty = label_proposals(windows, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), *thresholds)
+    assert empty.labels.tolist() == [0, 0, 0, 0]
+
+
+def test_training_samples_balanced_windows_and_the_ground_truth():
+    model = small_model(windows_per_image=8, positive_fraction=0.5).train()
+    image = torch.rand(3, 64, 64)
+    target = {"boxes": torch.tensor([[0.0, 0.0, 16.0, 16.0]]), "labels": torch.tensor([3])}
+    crops = []
+    model.classifier.register_forward_hook(lambda m, i, o: crops.append(len(i[0])))
+    torch.manual_seed(0)
+    samples = model.sampler([model.windows_for(image)], [target])
+    torch.manual_seed(0)
+    model([image], [target])
+    assert crops == [8] and len(samples.boxes[0]) == 8
+    assert (samples.labels > 0).sum() <= 4 and (samples.labels == 3).any()  # at most half positive; the object is one
+    assert ((samples.labels == 0) | (samples.labels == 3)).all()  # never an ignored window
 
 
 def test_forward_train_and_eval():
@@ -121,7 +147,8 @@ def test_short_fit_lowers_the_loss(train_steps):
         image[:, 8:32, 8:32] = 0.9
         image[:, 40:56, 16:56] = 0.0
         images.append(image)
-        targets.append({"boxes": torch.tensor([[8.0, 8.0, 32.0, 32.0], [16.0, 40.0, 56.0, 56.0]]), "labels": torch.tensor([1, 2])})
+        boxes = torch.tensor([[8.0, 8.0, 32.0, 32.0], [16.0, 40.0, 56.0, 56.0]])
+        targets.append({"boxes": boxes, "labels": torch.tensor([1, 2])})
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     history = train_steps(lambda: model(images, targets)["loss_classifier"], optimizer, 30)

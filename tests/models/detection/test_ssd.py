@@ -10,7 +10,9 @@ K = 3
 
 
 def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, 3])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, 3])}
+    ]
     targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
     return targets[:n]
 
@@ -18,7 +20,13 @@ def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
 def test_matching_forces_the_best_prior_then_thresholds_at_0_5():
     matcher = SSD(num_classes=K).detector.proposal_matcher
     priors = torch.tensor(
-        [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 20.0, 20.0], [50.0, 50.0, 60.0, 60.0], [100.0, 100.0, 120.0, 120.0], [1.0, 0.0, 11.0, 10.0]]
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [0.0, 0.0, 20.0, 20.0],
+            [50.0, 50.0, 60.0, 60.0],
+            [100.0, 100.0, 120.0, 120.0],
+            [1.0, 0.0, 11.0, 10.0],
+        ]
     )
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [48.0, 48.0, 70.0, 70.0]])
     matched = matcher(box_iou(gt, priors))

@@ -12,7 +12,7 @@ def test_encoding_puts_each_box_in_the_cell_of_its_centre():
     assert target.shape == (4, 4, 5 + K)
     assert target[..., 4].nonzero().tolist() == [[1, 0]]
     # x, y = offset of the centre in the cell (16 / 32, 0 / 32), sqrt of w and h as fractions of the image
-    assert torch.allclose(target[1, 0], torch.tensor([0.5, 0.0, 0.5, 0.5 ** 0.5, 1.0, 0.0, 1.0, 0.0]))
+    assert torch.allclose(target[1, 0], torch.tensor([0.5, 0.0, 0.5, 0.5**0.5, 1.0, 0.0, 1.0, 0.0]))
     assert target.sum() == target[1, 0].sum()
 
 
@@ -75,7 +75,9 @@ def test_coordinate_loss_uses_square_roots_and_lambda_coord():
 
 
 def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, 3])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, 3])}
+    ]
     targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
     return targets[:n]
 

@@ -4,12 +4,46 @@ import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
 
-from models.parts.anchors import default_box_generator, retinanet_anchor_generator, retinanet_anchor_sizes, ssd_scales
+from models.parts.anchors import (
+    default_box_generator,
+    retinanet_anchor_generator,
+    retinanet_anchor_sizes,
+    rpn_anchor_generator,
+    ssd_scales,
+)
 
 
 def anchors_for(generator, image_size: int, feature_sizes: list[int]) -> torch.Tensor:
     images = ImageList(torch.zeros(1, 3, image_size, image_size), [(image_size, image_size)])
     return generator(images, [torch.zeros(1, 4, s, s) for s in feature_sizes])[0]
+
+
+def test_rpn_anchors_of_the_faster_rcnn_shapes_config_tile_the_stride_grid():
+    # one stride-16 map of a 128 px image, sizes 16/32/64 x ratios 0.5/1/2: 9 anchors at each of 8 x 8 points
+    generator = rpn_anchor_generator((16, 32, 64), (0.5, 1.0, 2.0), num_levels=1)
+    assert generator.num_anchors_per_location() == [9]
+    anchors = anchors_for(generator, 128, [8]).reshape(8, 8, 9, 4)  # (y, x, anchor, xyxy)
+    centres = (anchors[..., :2] + anchors[..., 2:]) / 2
+    grid = torch.arange(8.0) * 16
+    assert torch.allclose(centres[..., 0], grid[None, :, None].expand(8, 8, 9))
+    assert torch.allclose(centres[..., 1], grid[:, None, None].expand(8, 8, 9))
+    sizes = anchors[0, 0, :, 2:] - anchors[0, 0, :, :2]
+    areas, ratios = sizes.prod(1), sizes[:, 1] / sizes[:, 0]
+    # torchvision orders them ratio-major: (0.5: 16, 32, 64), (1: 16, 32, 64), (2: ...); sides are rounded
+    assert torch.allclose(areas.sqrt(), torch.tensor([16.0, 32, 64]).repeat(3), rtol=0.05)
+    assert torch.allclose(ratios, torch.tensor([0.5, 1.0, 2.0]).repeat_interleave(3), rtol=0.1)
+
+
+def test_rpn_anchors_on_an_fpn_put_one_size_on_each_level():
+    generator = rpn_anchor_generator((16, 32, 64), (0.5, 1.0, 2.0), num_levels=3)
+    assert generator.num_anchors_per_location() == [3, 3, 3]
+    anchors = anchors_for(generator, 128, [16, 8, 4])
+    assert len(anchors) == 3 * (16 * 16 + 8 * 8 + 4 * 4)
+    side = (anchors[:, 2:] - anchors[:, :2]).prod(1).sqrt()
+    assert torch.allclose(side[: 3 * 256], torch.full((3 * 256,), 16.0), rtol=0.1)
+    assert torch.allclose(side[-3 * 16 :], torch.full((3 * 16,), 64.0), rtol=0.1)
+    with pytest.raises(ValueError, match="one anchor size per level"):
+        rpn_anchor_generator((16, 32), (1.0,), num_levels=3)
 
 
 def test_ssd_scales_follow_eq_4_with_one_extra_step():
@@ -31,7 +65,9 @@ def test_default_boxes_of_the_shapes_config():
     assert torch.allclose((first[:, :2] + first[:, 2:]) / 2, torch.tensor([4.0, 4.0]).expand(4, 2))
     wh = first[:, 2:] - first[:, :2]
     s, s_prime = 12.8, math.sqrt(0.1 * 0.275) * 128
-    expected = torch.tensor([[s, s], [s_prime, s_prime], [s * math.sqrt(2), s / math.sqrt(2)], [s / math.sqrt(2), s * math.sqrt(2)]])
+    expected = torch.tensor(
+        [[s, s], [s_prime, s_prime], [s * math.sqrt(2), s / math.sqrt(2)], [s / math.sqrt(2), s * math.sqrt(2)]]
+    )
     assert torch.allclose(wh, expected, atol=1e-4)
     # the 1 x 1 map: one location at the image centre, the biggest boxes (0.8 x 128 square)
     last = boxes[-4:]

@@ -19,8 +19,9 @@ def _flags(module: nn.Module) -> list[bool]:
 
 @pytest.mark.parametrize("layers", [0, 1, 2, 3, 4, 5])
 def test_resnet_trainable_layers_match_torchvision(layers):
-    body = configure_body(build_body("resnet50"), "resnet50", "IMAGENET1K_V1", trainable_layers=layers,
-                          detection_defaults=True)
+    body = configure_body(
+        build_body("resnet50"), "resnet50", "IMAGENET1K_V1", trainable_layers=layers, detection_defaults=True
+    )
     reference = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d), layers).body
     assert _flags(body) == _flags(reference)  # same parameter order: conv1, layer1 .. layer4
     assert sum(_flags(body)) == sum(_flags(reference))

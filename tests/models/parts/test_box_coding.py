@@ -61,7 +61,9 @@ def test_agrees_with_torchvision_box_coder():
     boxes, proposals = random_boxes(50, g), random_boxes(50, g)
     assert torch.allclose(ours.encode(boxes, proposals), theirs.encode_single(boxes, proposals), atol=1e-5)
     deltas = torch.randn(50, 8, generator=g)
-    assert torch.allclose(ours.decode(deltas, proposals), theirs.decode_single(deltas, proposals).reshape(50, 8), atol=1e-4)
+    assert torch.allclose(
+        ours.decode(deltas, proposals), theirs.decode_single(deltas, proposals).reshape(50, 8), atol=1e-4
+    )
 
 
 def test_empty_inputs_keep_their_shape():

@@ -63,8 +63,16 @@ def test_the_comparison_reports_the_one_line_through_the_cli(torch_home, tmp_pat
     from scripts.train import main
 
     with pytest.raises(Exception) as info:
-        main(args=["--config", "experiments/faster_rcnn/shapes.yaml", "--model.init_args.weights=torchvision",
-                   f"--data.init_args.root={tmp_path / 'shapes'}"], run=False, exit_on_error=False)
+        main(
+            args=[
+                "--config",
+                "experiments/faster_rcnn/shapes.yaml",
+                "--model.init_args.weights=torchvision",
+                f"--data.init_args.root={tmp_path / 'shapes'}",
+            ],
+            run=False,
+            exit_on_error=False,
+        )
     line = summarize_error(info.value, limit=1000)
     assert "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth not found" in line and "TORCH_HOME" in line
 
@@ -81,8 +89,14 @@ def test_imagenet_body_loads_the_cached_file_as_torchvision_does(torch_home):
 
 
 def _checkpoint(model: pl.LightningModule, path) -> None:
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": pl.__version__}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
 
 
 def test_load_from_checkpoint_reads_no_torchvision_weights(torch_home, tmp_path):
@@ -128,34 +142,58 @@ def test_load_from_checkpoint_reads_no_imagenet_weights(torch_home, tmp_path):
     assert [p.requires_grad for p in restored.parameters()] == [p.requires_grad for p in model.parameters()]
 
 
-
 def test_the_training_cli_raises_the_one_line_not_a_union_error(torch_home, tmp_path):
     from scripts.train import main
 
     with pytest.raises(tw.WeightsNotFoundError) as info:
-        main(args=["--config", "experiments/faster_rcnn/shapes.yaml", "--model.init_args.weights=torchvision",
-                   f"--data.init_args.root={tmp_path / 'shapes'}"], run=False, exit_on_error=False)
+        main(
+            args=[
+                "--config",
+                "experiments/faster_rcnn/shapes.yaml",
+                "--model.init_args.weights=torchvision",
+                f"--data.init_args.root={tmp_path / 'shapes'}",
+            ],
+            run=False,
+            exit_on_error=False,
+        )
     message = str(info.value)
     assert "\n" not in message and "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth" in message and "TORCH_HOME" in message
 
 
-def test_test_with_a_checkpoint_reads_no_pretrained_weights(torch_home, tmp_path, tiny_shapes_dataset, tiny_shapes_params):
+def test_test_with_a_checkpoint_reads_no_pretrained_weights(
+    torch_home, tmp_path, tiny_shapes_dataset, tiny_shapes_params
+):
     """``train.py test --ckpt_path`` with a config naming ImageNet weights: the checkpoint holds the weights, so
     nothing is read or downloaded (downloads fail here, and the cache is empty)."""
     from scripts.train import main
 
-    common = ["--config", "experiments/fcos/shapes.yaml", f"--data.init_args.root={tiny_shapes_dataset}",
-              f"--data.init_args.image_size={tiny_shapes_params['size']}", "--data.init_args.num_workers=0",
-              "--data.init_args.batch_size=4", "--model.init_args.backbone=resnet18", "--trainer.logger=false",
-              "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
-              "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
-              "--trainer.num_sanity_val_steps=0", "--wandb.mode=disabled", f"--trainer.default_root_dir={tmp_path}"]
+    common = [
+        "--config",
+        "experiments/fcos/shapes.yaml",
+        f"--data.init_args.root={tiny_shapes_dataset}",
+        f"--data.init_args.image_size={tiny_shapes_params['size']}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--model.init_args.backbone=resnet18",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--wandb.mode=disabled",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     fit = main(["fit", *common, "--model.init_args.weights=null"], exit_on_error=False)
     ckpt = tmp_path / "fcos.ckpt"
     fit.trainer.save_checkpoint(ckpt)
     with pytest.raises(tw.WeightsNotFoundError):  # without a checkpoint the ImageNet file is needed
         main(["test", *common, "--model.init_args.weights=IMAGENET1K_V1"], exit_on_error=False)
     torch_home.clear()
-    test = main(["test", *common, "--model.init_args.weights=IMAGENET1K_V1", f"--ckpt_path={ckpt}"], exit_on_error=False)
+    test = main(
+        ["test", *common, "--model.init_args.weights=IMAGENET1K_V1", f"--ckpt_path={ckpt}"], exit_on_error=False
+    )
     assert not torch_home, f"downloads tried: {torch_home}"
     assert any(k.startswith("test/") for k in test.trainer.callback_metrics)

@@ -18,7 +18,9 @@ from models.parts.backbones import SmallCNN, build_body
 
 @pytest.fixture(scope="module")
 def tiny_shapes(tmp_path_factory):
-    return generate_shapes_dataset(tmp_path_factory.mktemp("shapes"), seed=0, num_train=24, num_val=8, size=128, progress=False)
+    return generate_shapes_dataset(
+        tmp_path_factory.mktemp("shapes"), seed=0, num_train=24, num_val=8, size=128, progress=False
+    )
 
 
 def test_crop_classifier_scores_k_plus_one_classes():
@@ -30,9 +32,12 @@ def test_read_voc_split_matches_the_coco_annotations(tiny_shapes):
     records = read_voc_split(tiny_shapes, "train")
     assert len(records) == 24 and all(path.is_file() for path, _, _ in records)
     coco = json.loads((tiny_shapes / "annotations" / "instances_train.json").read_text())
-    expected = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in coco["annotations"]]
+    expected = [
+        [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+        for a in coco["annotations"]
+    ]
     boxes = torch.cat([b for _, b, _ in records])
-    labels = torch.cat([l for _, _, l in records])
+    labels = torch.cat([label for _, _, label in records])
     assert torch.equal(boxes, torch.tensor(expected, dtype=torch.float32))
     assert labels.tolist() == [a["category_id"] for a in coco["annotations"]]
 
@@ -69,14 +74,18 @@ def test_second_call_loads_the_cache_without_training(tiny_shapes, monkeypatch):
 def test_load_pretrained_body_loads_the_cached_weights(tiny_shapes, monkeypatch):
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda epochs, seed: PretrainRecipe(epochs=1, seed=seed))
     body = load_pretrained_body("small_cnn", "shapes", tiny_shapes, channels=(8, 16, 16, 16, 16))
-    saved = torch.load(cache_path(tiny_shapes, "small_cnn", (8, 16, 16, 16, 16), PretrainRecipe(epochs=1)), weights_only=True)
+    saved = torch.load(
+        cache_path(tiny_shapes, "small_cnn", (8, 16, 16, 16, 16), PretrainRecipe(epochs=1)), weights_only=True
+    )
     assert all(torch.equal(v, saved["state_dict"][k]) for k, v in body.state_dict().items())
     assert saved["meta"]["seconds"] > 0
 
 
 def test_deferred_weights_are_loaded_once(tiny_shapes, monkeypatch):
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda epochs, seed: PretrainRecipe(epochs=1, seed=seed))
-    model = torch.nn.Sequential(load_pretrained_body("small_cnn", "shapes", tiny_shapes, channels=(8, 8, 8, 8, 8), defer=True))
+    model = torch.nn.Sequential(
+        load_pretrained_body("small_cnn", "shapes", tiny_shapes, channels=(8, 8, 8, 8, 8), defer=True)
+    )
     assert model[0].deferred_shapes_weights == ("small_cnn", str(tiny_shapes), (8, 8, 8, 8, 8))
     [result] = pretrain.load_deferred_shapes_weights(model)
     saved = torch.load(result.path, weights_only=True)["state_dict"]
@@ -100,6 +109,8 @@ def test_missing_dataset_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_pretraining_learns_clearly_above_chance(tmp_path_factory):
-    root = generate_shapes_dataset(tmp_path_factory.mktemp("shapes400"), seed=3, num_train=400, num_val=100, size=128, progress=False)
+    root = generate_shapes_dataset(
+        tmp_path_factory.mktemp("shapes400"), seed=3, num_train=400, num_val=100, size=128, progress=False
+    )
     result = pretrain_on_shapes(root)  # the default recipe
     assert result.accuracy > result.chance + 0.2  # measured: 0.78 against 0.42

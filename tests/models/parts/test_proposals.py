@@ -9,14 +9,16 @@ GT_LABELS = torch.tensor([2, 3])
 
 
 def test_labels_by_iou_hand_made():
-    proposals = torch.tensor([
-        [0.0, 0.0, 10.0, 10.0],  # the first object itself: IoU 1
-        [0.0, 0.0, 10.0, 20.0],  # IoU 100 / 200 = 0.5 exactly: foreground
-        [0.0, 0.0, 10.0, 21.0],  # IoU 100 / 210 < 0.5: background
-        [20.0, 20.0, 40.0, 30.0],  # IoU 200 / 400 with the second object
-        [2.0, 2.0, 40.0, 40.0],  # IoU 400 / 1444 = 0.28 with the second, 0.07 with the first
-        [60.0, 60.0, 70.0, 70.0],  # touches nothing: IoU 0
-    ])
+    proposals = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # the first object itself: IoU 1
+            [0.0, 0.0, 10.0, 20.0],  # IoU 100 / 200 = 0.5 exactly: foreground
+            [0.0, 0.0, 10.0, 21.0],  # IoU 100 / 210 < 0.5: background
+            [20.0, 20.0, 40.0, 30.0],  # IoU 200 / 400 with the second object
+            [2.0, 2.0, 40.0, 40.0],  # IoU 400 / 1444 = 0.28 with the second, 0.07 with the first
+            [60.0, 60.0, 70.0, 70.0],  # touches nothing: IoU 0
+        ]
+    )
     labelled = label_proposals(proposals, GT_BOXES, GT_LABELS, fg_iou=0.5, bg_iou=(0.0, 0.5))
     assert labelled.labels.tolist() == [2, 2, 0, 3, 0, 0]
     assert torch.allclose(labelled.ious, torch.tensor([1.0, 0.5, 100 / 210, 0.5, 400 / 1444, 0.0]))

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align, roi_pool
 
 from models.parts.box_coding import BoxCoder
-from models.parts.roi_heads import FastRCNNHead, RoIPool, fast_rcnn_loss, postprocess_detections
+from models.parts.roi_heads import FastRCNNHead, RoIPooler, fast_rcnn_loss, postprocess_detections
 
 BOXES = [torch.tensor([[16.0, 16.0, 48.0, 48.0], [0.0, 8.0, 100.0, 60.0]]), torch.tensor([[30.5, 2.0, 41.0, 70.0]])]
 
@@ -15,13 +15,13 @@ def rois_with_batch_index(boxes: list[torch.Tensor]) -> torch.Tensor:
 
 def test_roi_pool_equals_torchvision():
     features = torch.randn(2, 5, 16, 16)  # a stride-8 map of 128 px images
-    ours = RoIPool(7, 1 / 8, "pool")(features, BOXES)
+    ours = RoIPooler(7, 1 / 8, "pool")(features, BOXES)
     assert torch.equal(ours, roi_pool(features, rois_with_batch_index(BOXES), 7, 1 / 8))
 
 
 def test_roi_align_equals_torchvision():
     features = torch.randn(2, 5, 16, 16)
-    ours = RoIPool(7, 1 / 8, "align", sampling_ratio=2)(features, BOXES)
+    ours = RoIPooler(7, 1 / 8, "align", sampling_ratio=2)(features, BOXES)
     expected = roi_align(features, rois_with_batch_index(BOXES), 7, 1 / 8, sampling_ratio=2, aligned=True)
     assert torch.equal(ours, expected)
 
@@ -29,7 +29,7 @@ def test_roi_align_equals_torchvision():
 def test_spatial_scale_maps_image_pixels_to_feature_cells():
     # Feature value = its column: the box [16, 48) px of a stride-8 map covers columns 2..6.
     features = torch.arange(16.0).expand(1, 1, 16, 16).contiguous()
-    pooled = RoIPool(7, 1 / 8, "pool")(features, [torch.tensor([[16.0, 16.0, 48.0, 48.0]])])
+    pooled = RoIPooler(7, 1 / 8, "pool")(features, [torch.tensor([[16.0, 16.0, 48.0, 48.0]])])
     assert pooled.shape == (1, 1, 7, 7)
     assert pooled.min() == 2 and pooled.max() == 6
     # 5 cells into 7 bins of 5/7 cell: bin i spans cells floor(5i/7) .. ceil(5(i+1)/7) - 1 (Sec. 2.1), max of each
@@ -38,7 +38,9 @@ def test_spatial_scale_maps_image_pixels_to_feature_cells():
 
 def test_head_outputs_scores_and_class_specific_deltas():
     torch.manual_seed(0)
-    head = FastRCNNHead(in_channels=5, num_classes_with_background=4, roi_pool=RoIPool(7, 1 / 8), representation_size=32)
+    head = FastRCNNHead(
+        in_channels=5, num_classes_with_background=4, roi_pooler=RoIPooler(7, 1 / 8), representation_size=32
+    )
     logits, deltas = head(torch.randn(2, 5, 16, 16), BOXES)
     assert logits.shape == (3, 4) and deltas.shape == (3, 16)
 
@@ -95,10 +97,12 @@ def test_decoding_clips_thresholds_and_suppresses_per_class():
     assert detections["labels"].tolist() == [1, 1, 2]
     assert detections["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6])
     assert detections["boxes"][1].tolist() == [100.0, 100.0, 130.0, 120.0]  # clipped to W 130, H 120
-    capped = postprocess_detections(scores, torch.zeros(3, 12), proposals, (120, 130), coder, 0.05, 0.3, detections_per_img=2)
+    capped = postprocess_detections(
+        scores, torch.zeros(3, 12), proposals, (120, 130), coder, 0.05, 0.3, detections_per_img=2
+    )
     assert capped["scores"].tolist() == pytest.approx([0.9, 0.7])
 
 
-def test_rejects_unknown_roi_op():
+def test_rejects_unknown_pooler_kind():
     with pytest.raises(ValueError, match="pool"):
-        RoIPool(op="warp")
+        RoIPooler(kind="warp")

@@ -28,8 +28,14 @@ DETECTORS = {
 }
 SEGMENTERS = {"fcn": ("models.segmentation.fcn", "FCN"), "deeplabv3": ("models.segmentation.deeplabv3", "DeepLabV3")}
 # COCO spelling of VOC classes, listed here independently of the module under test
-COCO_SPELLING = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "diningtable": "dining table",
-                 "pottedplant": "potted plant", "tvmonitor": "tv"}
+COCO_SPELLING = {
+    "aeroplane": "airplane",
+    "motorbike": "motorcycle",
+    "sofa": "couch",
+    "diningtable": "dining table",
+    "pottedplant": "potted plant",
+    "tvmonitor": "tv",
+}
 
 
 def _module(registry_name: str) -> type:
@@ -44,8 +50,9 @@ def _random_state_dict(builder: str, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     weights = tw.resolve(builder, "DEFAULT")
     kwargs = {"aux_loss": True} if builder in ("fcn_resnet50", "deeplabv3_resnet50") else {}
-    net = torchvision.models.get_model(builder, weights=None, weights_backbone=None,
-                                       num_classes=len(weights.meta["categories"]), **kwargs)
+    net = torchvision.models.get_model(
+        builder, weights=None, weights_backbone=None, num_classes=len(weights.meta["categories"]), **kwargs
+    )
     state = net.state_dict()
     for key, value in state.items():
         if key.endswith("running_mean"):
@@ -93,7 +100,7 @@ def _targets(labels: list[list[int]], size: int) -> list[dict[str, torch.Tensor]
         boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
         masks = torch.zeros(len(lab), size, size, dtype=torch.uint8)
         for i, b in enumerate(boxes.long()):
-            masks[i, b[1]:b[3], b[0]:b[2]] = 1
+            masks[i, b[1] : b[3], b[0] : b[2]] = 1
         out.append({"boxes": boxes, "labels": torch.tensor(lab), "masks": masks})
     return out
 
@@ -150,8 +157,28 @@ def test_segmenter_matches_torchvision_builder_with_the_same_weights(name, torch
     reference = torchvision.models.get_model(builder, weights=weights)
     voc = weights.meta["categories"][1:]
     # COCO's VOC subset as datamodules.coco labels it: COCO names, sorted by category id (not VOC's order)
-    coco_order = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "boat", "bird", "cat", "dog",
-                  "horse", "sheep", "cow", "bottle", "chair", "couch", "potted plant", "dining table", "tv"]
+    coco_order = [
+        "person",
+        "bicycle",
+        "car",
+        "motorcycle",
+        "airplane",
+        "bus",
+        "train",
+        "boat",
+        "bird",
+        "cat",
+        "dog",
+        "horse",
+        "sheep",
+        "cow",
+        "bottle",
+        "chair",
+        "couch",
+        "potted plant",
+        "dining table",
+        "tv",
+    ]
     channel = [0] + [next(i for i, v in enumerate(voc, 1) if COCO_SPELLING.get(v, v) == n) for n in coco_order]
     ours = _module(name)(num_classes=20, class_names=coco_order, weights="COCO_WITH_VOC_LABELS_V1")
     torch.manual_seed(2)
@@ -172,8 +199,9 @@ def test_segmenter_matches_torchvision_builder_with_the_same_weights(name, torch
     torch.manual_seed(5)
     losses = ours.compute_losses((images, masks))
     torch.testing.assert_close(losses["loss_ce"], ce(expected["out"], voc_masks, ignore_index=255), rtol=0, atol=1e-5)
-    torch.testing.assert_close(losses["loss_aux"], 0.5 * ce(expected["aux"], voc_masks, ignore_index=255),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        losses["loss_aux"], 0.5 * ce(expected["aux"], voc_masks, ignore_index=255), rtol=0, atol=1e-5
+    )
 
 
 def test_fine_tuning_on_other_classes_replaces_only_the_classifier(torch_home):
@@ -181,8 +209,12 @@ def test_fine_tuning_on_other_classes_replaces_only_the_classifier(torch_home):
 
     weights = _place("fasterrcnn_resnet50_fpn")
     saved = torch.load(tw.weights_path(weights), weights_only=True)
-    model = FasterRCNN(num_classes=3, class_names=["cat", "zebra_crossing", "kite"], weights="COCO_V1",
-                       builder_kwargs={"min_size": 128, "max_size": 128, "box_score_thresh": 0.0})
+    model = FasterRCNN(
+        num_classes=3,
+        class_names=["cat", "zebra_crossing", "kite"],
+        weights="COCO_V1",
+        builder_kwargs={"min_size": 128, "max_size": 128, "box_score_thresh": 0.0},
+    )
     state = model.detector.state_dict()
     predictor = model.detector.roi_heads.box_predictor
     assert predictor.cls_score.out_features == 4 and predictor.bbox_pred.out_features == 16

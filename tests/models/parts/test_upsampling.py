@@ -35,7 +35,9 @@ def test_bed_of_nails_factor_three_keeps_values_at_block_corners():
 
 
 def test_max_unpool_puts_values_back_at_pooling_indices():
-    x = torch.tensor([[1.0, 6.0, 3.0, 2.0], [5.0, 2.0, 1.0, 7.0], [0.0, 1.0, 9.0, 4.0], [3.0, 8.0, 2.0, 1.0]])[None, None]
+    x = torch.tensor([[1.0, 6.0, 3.0, 2.0], [5.0, 2.0, 1.0, 7.0], [0.0, 1.0, 9.0, 4.0], [3.0, 8.0, 2.0, 1.0]])[
+        None, None
+    ]
     pooled, indices = F.max_pool2d(x, 2, return_indices=True)
     assert pooled[0, 0].tolist() == [[6.0, 7.0], [8.0, 9.0]]
     out = max_unpool(torch.tensor([[10.0, 20.0], [30.0, 40.0]])[None, None], indices)

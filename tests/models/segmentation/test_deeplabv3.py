@@ -81,12 +81,18 @@ def test_resnet50_dilation_is_torchvision_replace_stride_with_dilation(output_st
     for ours, theirs in ((stages["c4"], reference.layer3), (stages["c5"], reference.layer4)):
         ours_convs = [(m.stride, m.dilation, m.padding) for m in ours.modules() if isinstance(m, nn.Conv2d)]
         assert ours_convs == [(m.stride, m.dilation, m.padding) for m in theirs.modules() if isinstance(m, nn.Conv2d)]
-    prefixes = {"stages.c2.0.": "conv1.", "stages.c2.1.": "bn1.", "stages.c2.4.": "layer1.", "stages.c3.": "layer2.",
-                "stages.c4.": "layer3.", "stages.c5.": "layer4."}
+    prefixes = {
+        "stages.c2.0.": "conv1.",
+        "stages.c2.1.": "bn1.",
+        "stages.c2.4.": "layer1.",
+        "stages.c3.": "layer2.",
+        "stages.c4.": "layer3.",
+        "stages.c5.": "layer4.",
+    }
     renamed = {}
     for key, value in model.backbone.body.state_dict().items():
         prefix = next(p for p in prefixes if key.startswith(p))
-        renamed[prefixes[prefix] + key[len(prefix):]] = value
+        renamed[prefixes[prefix] + key[len(prefix) :]] = value
     missing, unexpected = reference.load_state_dict(renamed, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
     images = torch.rand(1, 3, 64, 64, dtype=torch.float64)

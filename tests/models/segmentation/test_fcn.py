@@ -82,14 +82,26 @@ def test_vgg16_backbone_gets_pool5_for_fcn_8s():
 
 
 def test_registered_variants_differ_only_by_upsampling():
-    for name, kind in [("fcn", "transpose"), ("fcn_nearest", "nearest"), ("fcn_bed_of_nails", "bed_of_nails"),
-                       ("fcn_max_unpool", "max_unpool"), ("fcn_bilinear", "bilinear")]:
+    for name, kind in [
+        ("fcn", "transpose"),
+        ("fcn_nearest", "nearest"),
+        ("fcn_bed_of_nails", "bed_of_nails"),
+        ("fcn_max_unpool", "max_unpool"),
+        ("fcn_bilinear", "bilinear"),
+    ]:
         entry = get_model(name)
         assert (entry.family, entry.task) == ("semantic_segmentation", "semantic")
         model = entry.cls(**SMALL)
-        assert type(model.decoder.steps[0]["up"]).__name__ == {
-            "transpose": "TransposeConvUpsample", "nearest": "NearestUnpool", "bed_of_nails": "BedOfNailsUnpool",
-            "max_unpool": "MaxUnpool", "bilinear": "BilinearUpsample"}[kind]
+        assert (
+            type(model.decoder.steps[0]["up"]).__name__
+            == {
+                "transpose": "TransposeConvUpsample",
+                "nearest": "NearestUnpool",
+                "bed_of_nails": "BedOfNailsUnpool",
+                "max_unpool": "MaxUnpool",
+                "bilinear": "BilinearUpsample",
+            }[kind]
+        )
 
 
 @pytest.mark.slow
@@ -117,11 +129,25 @@ def test_trains_and_validates_through_lightning(tiny_shapes_dataset, tiny_shapes
     from datamodules import ShapesDataModule
 
     params = dict(tiny_shapes_params)
-    data = ShapesDataModule(root=str(tiny_shapes_dataset), task="semantic", image_size=params.pop("size"), batch_size=4,
-                            progress=False, **params)
+    data = ShapesDataModule(
+        root=str(tiny_shapes_dataset),
+        task="semantic",
+        image_size=params.pop("size"),
+        batch_size=4,
+        progress=False,
+        **params,
+    )
     model = FCN(channels=(4, 8, 8, 16, 16), num_classes=6, warmup_steps=1)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(model, data)
     assert 0.0 <= model.last_val_metrics["mean_iou"] <= 1.0
     assert {"pixel_accuracy", "mean_pixel_accuracy", "mean_dice"} <= set(model.last_val_metrics)

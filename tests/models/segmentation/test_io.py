@@ -25,7 +25,9 @@ class FixedLogits(nn.Module):
 def test_save_semantic_predictions_writes_argmax_as_palette_pngs(tmp_path):
     torch.manual_seed(0)
     images = torch.randint(0, 11, (5, 3, 6, 7)).float() / 10
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.zeros(5, 6, 7).long()), batch_size=2)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, torch.zeros(5, 6, 7).long()), batch_size=2
+    )
     model = FixedLogits().train()
     paths = save_semantic_predictions(model, loader, tmp_path / "pred", names=[f"img_{i}" for i in range(5)])
     assert [p.name for p in paths] == [f"img_{i}.png" for i in range(5)]
@@ -74,8 +76,16 @@ def test_saved_predictions_score_as_the_model_with_evaluate_script(tiny_shapes_d
     from scripts.evaluate import semantic_metrics
 
     params = tiny_shapes_params
-    data = ShapesDataModule(root=str(tiny_shapes_dataset), task="semantic", seed=params["seed"], num_train=params["num_train"],
-                            num_val=params["num_val"], image_size=params["size"], batch_size=3, progress=False)
+    data = ShapesDataModule(
+        root=str(tiny_shapes_dataset),
+        task="semantic",
+        seed=params["seed"],
+        num_train=params["num_train"],
+        num_val=params["num_val"],
+        image_size=params["size"],
+        batch_size=3,
+        progress=False,
+    )
     data.setup("validate")
     loader = data.val_dataloader()
     torch.manual_seed(0)
