@@ -284,11 +284,14 @@ class SelectiveSearch:
         loader = DataLoader(_CacheFiller(images, self), batch_size=None, num_workers=workers, collate_fn=_as_is)
         computed = 0
         start = time.perf_counter()
-        with tqdm(loader, desc=desc, total=len(images), unit="img", leave=False) as bar:
-            for was_computed, entries in bar:
+        # the bar is updated by hand: tqdm.auto's bar calls iter() on what it wraps, which would start the
+        # loader's workers twice (the first ones segment and write files that the second ones then read)
+        with tqdm(desc=desc, total=len(images), unit="img", leave=False) as bar:
+            for was_computed, entries in loader:
                 computed += int(was_computed)
                 for digest, boxes in entries:  # from a worker process: into this one's memory
                     self.remember(digest, boxes)
+                bar.update(1)
         if computed:
             seconds = time.perf_counter() - start
             rank_zero_info(

@@ -230,3 +230,16 @@ def test_memory_budget_drops_the_oldest(tmp_path, monkeypatch):
     no_memory = SelectiveSearch(cache_dir=tmp_path, memory_cache_mb=0)
     no_memory(images[0]), no_memory(images[0])
     assert no_memory.num_memory_hits == 0 and no_memory.num_cache_hits == 2 and not no_memory._memory
+
+
+def test_precompute_starts_the_loader_workers_once(search, monkeypatch):
+    """tqdm.auto's bar calls iter() on what it wraps: wrapping the loader started a second set of workers, whose
+    lookups found the first set's files and were not counted as segmented (a flaky count of 1 or 2 of 3)."""
+    from torch.utils.data import DataLoader
+
+    starts = []
+    original = DataLoader.__iter__
+    monkeypatch.setattr(DataLoader, "__iter__", lambda self: starts.append(1) or original(self))
+    images = [shapes_image(i) for i in range(2)]
+    assert search.precompute([(image, {}) for image in images], workers=1) == 2
+    assert len(starts) == 1
