@@ -104,20 +104,17 @@ def dataset_fingerprint(root: str | Path | None) -> str:
 
 
 def backbone_fingerprint(model: Any, data_root: str | Path | None) -> list[str]:
-    """The pretrained backbones of ``model``: ``weights: shapes`` bodies by the key of their cached
-    pretraining (dataset, architecture and recipe); torchvision weights are named in the config itself."""
+    """The pretrained backbones of ``model``: its ``pretrained_bodies`` (``weights: shapes``) by the key of
+    their cached pretraining on the dataset in ``data_root`` (the DataModule's: dataset, architecture and
+    recipe); torchvision weights are named in the config itself."""
     from models.parts.pretrain import cache_path
 
     keys = []
-    for module in model.modules():
-        deferred = getattr(module, "deferred_shapes_weights", None)
-        if deferred is not None:
-            name, root, channels = deferred
-            root = root or data_root
-            try:
-                keys.append(cache_path(root, name, channels).name)
-            except (FileNotFoundError, TypeError):
-                keys.append(f"{name}:{root}:unprepared")
+    for entry in model.pretrained_bodies:
+        try:
+            keys.append(cache_path(data_root, entry.arch, entry.channels).name)
+        except (FileNotFoundError, TypeError):
+            keys.append(f"{entry.arch}:{data_root}:unprepared")
     return sorted(keys)
 
 

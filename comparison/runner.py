@@ -155,16 +155,19 @@ def run_entry(
     dm.setup("validate")
     loader = eval_loader(dm, spec.get("eval_images"))
     row["eval_images"] = len(loader.dataset)
+    counts_proposals = hasattr(model, "reset_proposal_count")  # R-CNN / Fast R-CNN: Selective Search boxes
+    if counts_proposals:
+        model.reset_proposal_count()  # the evaluated images only, whether trained now or loaded from the cache
     metrics, curves = evaluate(model, loader, device, lambda i, n: progress.stage("evaluate", i, n, "batches"))
     row.update(metrics)
+    if counts_proposals:
+        row["num_proposals"] = round(float(model.num_proposals), 1)
     val = dm.val_dataset
     n_lat = min(int(spec.get("latency_images", 20)), len(val))
     images = [val[i][0].to(device) for i in range(n_lat)]
     progress.stage(f"latency ({n_lat} images)")
     row["gflops"] = count_gflops(model, single(model, images[0]))
     row.update(measure_test_latency(model, images, warmup=int(spec.get("latency_warmup", 3))))
-    if hasattr(model, "num_proposals"):  # R-CNN / Fast R-CNN: mean Selective Search boxes per image
-        row["num_proposals"] = round(float(model.num_proposals), 1)
     n_show = min(int(spec.get("example_images", 4)), len(val))
     shown = images[:n_show] if n_show <= n_lat else [val[i][0].to(device) for i in range(n_show)]
     examples = {

@@ -394,6 +394,7 @@ class COCODataModule(BaseDataModule):
         val_images: str,
         test_annotations: str | None = None,
         test_images: str | None = None,
+        *,
         keep_crowd_in_train: bool = False,
         on_unknown_class: OnUnknown = "error",
         **loader_kwargs: Any,

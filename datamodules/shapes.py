@@ -39,6 +39,7 @@ class ShapesDataModule(BaseDataModule):
     def __init__(
         self,
         root: str = "data/shapes",
+        *,
         reader: Literal["voc", "coco"] = "voc",
         seed: int = 0,
         num_train: int = 1000,

@@ -447,6 +447,7 @@ class VOCDataModule(BaseDataModule):
     def __init__(
         self,
         root: str = "data/VOCdevkit",
+        *,
         year: str = "2007",
         train_split: str = "trainval",
         val_split: str = "test",

@@ -9,15 +9,19 @@ mode, torchvision's list of ``{boxes, labels, scores[, masks]}`` (detection) or 
 
 from __future__ import annotations
 
+import io
 import math
-from typing import Any, Literal, Sequence
+import os
+from typing import Any, ClassVar, Literal, Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from metrics import DetectionMetrics, SegmentationMetrics
-from models.parts.pretrain import load_deferred_shapes_weights
+from models.parts.backbones import PretrainedBody
+from models.parts.pretrain import load_pretrained_bodies
 from models.parts.timing import StageTimer
 
 Protocol = Literal["lecture", "voc07", "voc", "coco"]
@@ -66,6 +70,31 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _migrated(cls: type, checkpoint_path: Any) -> Any:
+    """``checkpoint_path`` itself, or (when its saved arguments use names in the class's
+    ``renamed_arguments``) the checkpoint with them renamed or dropped, in memory."""
+    if not isinstance(checkpoint_path, (str, os.PathLike)) or not os.path.isfile(checkpoint_path):
+        return checkpoint_path  # a URL or a file object: Lightning's loader as is
+    renames: dict[str, str | None] = {}
+    for klass in reversed(cls.__mro__):
+        renames.update(vars(klass).get("renamed_arguments", {}))
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
+    saved = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+    stale = [name for name in saved if name in renames]
+    if not stale:
+        return checkpoint_path
+    for name in stale:
+        value = saved.pop(name)
+        if renames[name] is not None:
+            saved.setdefault(renames[name], value)
+    changes = ", ".join(f"{n} -> {renames[n]}" if renames[n] else f"{n} (dropped)" for n in stale)
+    rank_zero_warn(f"{checkpoint_path}: saved by an earlier version of {cls.__name__}; arguments {changes}")
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 class TaskModule(pl.LightningModule):
     """Optimiser, schedule, loss guard and timing shared by all tasks.
 
@@ -83,6 +112,11 @@ class TaskModule(pl.LightningModule):
         torch_compile: ``True``, a ``torch.compile`` mode (``max-autotune``) or its keyword arguments
             (``{backend: aot_eager}``) compile the forward pass; models with data-dependent shapes (proposals,
             NMS) fall back to eager where the graph breaks.
+
+    Attributes:
+        pretrained_bodies: the bodies built with ``weights: shapes`` (a model passes this list to
+            :func:`~models.parts.backbones.build_body` / ``build_backbone``); ``setup("fit")`` loads their
+            weights once, from the shapes dataset of the trainer's DataModule.
     """
 
     #: ``detection`` | ``semantic`` | ``instance``, set by each task's base below; models/registry.py reads it
@@ -113,6 +147,7 @@ class TaskModule(pl.LightningModule):
             raise ValueError(f"{len(self.class_names)} class_names for num_classes={num_classes}")
         self.stage_timer = StageTimer()
         self.skipped_nonfinite_steps = 0
+        self.pretrained_bodies: list[PretrainedBody] = []
 
     def configure_model(self) -> None:
         option = self.hparams.get("torch_compile", False)
@@ -122,11 +157,22 @@ class TaskModule(pl.LightningModule):
             self._compiled_forward = True
 
     def setup(self, stage: str) -> None:
-        """Load ``weights: shapes`` backbones now that the DataModule has generated the dataset. Lightning
-        restores a checkpoint after this, so resuming keeps the trained weights."""
-        if stage == "fit":
-            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            load_deferred_shapes_weights(self, default_root=getattr(datamodule, "root", None))
+        """Load the :attr:`pretrained_bodies` (``weights: shapes``) not loaded yet from the trainer's DataModule,
+        now that it has generated the dataset. Lightning restores a checkpoint after this, so resuming keeps
+        the trained weights."""
+        if stage != "fit" or all(entry.loaded for entry in self.pretrained_bodies):
+            return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        root = getattr(datamodule, "root", None)
+        if root is None:
+            names = ", ".join(sorted({entry.arch for entry in self.pretrained_bodies}))
+            raise ValueError(
+                f"weights: shapes ({names}) loads the body pretrained on the shapes dataset of the trainer's "
+                "DataModule, and this fit has no DataModule with a `root`: fit with "
+                "datamodule=ShapesDataModule(root=...) (data.init_args.root in a config), not bare dataloaders, "
+                "or set the model's weights to null"
+            )
+        load_pretrained_bodies(self.pretrained_bodies, root)
 
     # ----------------------------------------------------------------- training
     def compute_losses(self, batch: Any) -> dict[str, Tensor]:
@@ -157,14 +203,19 @@ class TaskModule(pl.LightningModule):
         return loss
 
     # ----------------------------------------------------------- checkpoints
+    #: arguments an earlier version of the model took, as saved in older checkpoints: old name -> new name, or
+    #: None where the argument is gone; a subclass lists its own (they add to its bases')
+    renamed_arguments: ClassVar[dict[str, str | None]] = {"data_root": None}
+
     @classmethod
-    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Lightning's, building the network without reading or downloading pretrained weights (ImageNet,
-        torchvision's COCO models): the checkpoint holds the weights."""
+        torchvision's COCO models): the checkpoint holds the weights. A checkpoint saved with arguments the
+        model has since renamed or dropped (:attr:`renamed_arguments`) loads with a warning that names them."""
         from models.parts.torchvision_weights import restoring_checkpoint
 
         with restoring_checkpoint():
-            return super().load_from_checkpoint(*args, **kwargs)
+            return super().load_from_checkpoint(_migrated(cls, checkpoint_path), *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the random streams with the weights: a run resumed from this checkpoint draws the same
@@ -178,6 +229,8 @@ class TaskModule(pl.LightningModule):
             checkpoint["label_to_category_id"] = {int(k): int(v) for k, v in mapping.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for entry in self.pretrained_bodies:  # the checkpoint holds the trained weights: a later fit keeps them
+            entry.loaded = True
         if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
             restore_rng_states(checkpoint["rng_states"])
 

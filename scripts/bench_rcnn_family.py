@@ -53,7 +53,7 @@ from datamodules.shapes_generator import render_image  # noqa: E402
 from models.detection.fast_rcnn import truncate_fc_layers  # noqa: E402
 from models.detection.rcnn import warp_regions  # noqa: E402
 from models.parts.box_coding import BoxCoder  # noqa: E402
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, normalize  # noqa: E402
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD, normalize  # noqa: E402
 from models.parts.roi_heads import FastRCNNHead, RoIPooler, postprocess_detections  # noqa: E402
 from models.parts.selective_search import SelectiveSearch  # noqa: E402
 

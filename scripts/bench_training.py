@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> None:
             f"fit {fit:7.2f} s  x{paired_fit:.3f} faster (whole fit)"
         )
     if args.variants == "val":
-        import yaml
+        from scripts.config_files import compose_config
 
-        trainer_cfg = yaml.safe_load(args.config.read_text()).get("trainer", {})
+        trainer_cfg = compose_config(args.config).get("trainer", {})
         max_epochs = int(trainer_cfg.get("max_epochs", 1))
         every = int(trainer_cfg.get("check_val_every_n_epoch", 1))
         no_val = results[chosen[1][0]]

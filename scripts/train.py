@@ -6,7 +6,8 @@
     python scripts/train.py fit  --config experiments/fcos/shapes.yaml --print_config
 
 A config names the model and DataModule classes (``class_path``) and their arguments; the number of
-classes and their names come from the DataModule, so one model config serves every dataset. The optimiser
+classes and their names come from the DataModule, so one model config serves every dataset. A config may
+build on others (``_base_``, :mod:`scripts.config_files`): the CLI is given the composed whole. The optimiser
 and its schedule are the model's (``model.init_args.optimizer``, ``lr``, ``scheduler`` ...): LightningCLI's
 ``--optimizer`` / ``--lr_scheduler`` are refused with an error that says so.
 
@@ -17,6 +18,7 @@ version that has one, i.e. the run just trained. Output folders are checked for 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -34,6 +36,9 @@ if str(REPO_ROOT) not in sys.path:  # runnable from a checkout without `pip inst
 import pytorch_lightning as pl  # noqa: E402
 import yaml  # noqa: E402
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
+
+# composed configs (``_base_``): every --config file is given to the CLI whole
+from scripts.config_files import ConfigCompositionError, compose_config_args  # noqa: E402
 
 # the JSON file that receives the run's final metrics, for scripts/sweep.py
 from scripts.sweep import METRICS_FILE_ENV  # noqa: E402
@@ -188,6 +193,8 @@ class CourseCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.add_class_arguments(WandbOptions, "wandb")
+        for name in ("optimizer", "lr_scheduler"):  # LightningCLI's, refused (null accepted: older saved configs)
+            parser.add_argument(f"--{name}", type=model_owned, default=None, help=f"not used: {OPTIMIZER_HINT}")
         parser.add_argument(
             "--checkpoint_every_n_steps",
             type=Optional[int],
@@ -209,6 +216,15 @@ class CourseCLI(LightningCLI):
             default=None,
             help="steps between progress lines (default: trainer.log_every_n_steps)",
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's, with each ``--config`` that uses ``_base_`` given whole (``compose_config_args``):
+        ``--print_config`` and the run's saved ``config.yaml`` show the composed config. The command line itself
+        (``args`` None) is composed and parsed here, since Lightning warns when it is given as ``args``."""
+        if args is None:
+            self.config = parser.parse_args(compose_config_args(sys.argv[1:]))
+            return
+        super().parse_arguments(parser, compose_config_args(args) if isinstance(args, (list, tuple)) else args)
 
     def instantiate_classes(self) -> None:
         """Build the model and data; with a checkpoint to restore (``test``/``validate``/``predict --ckpt_path``,
@@ -391,26 +407,29 @@ def main(args: list[str] | None = None, run: bool = True, exit_on_error: bool = 
 
     try:
         return _cli(args, run, exit_on_error)
-    except OutputNotWritableError as exc:
+    except (OutputNotWritableError, ConfigCompositionError) as exc:
         if not exit_on_error:
             raise
         raise SystemExit(f"error: {exc}") from None
 
 
 OPTIMIZER_HINT = (
-    "; the optimiser and its schedule are the model's own (models.base.TaskModule): set model.init_args."
+    "the optimiser and its schedule are the model's own (models.base.TaskModule): set model.init_args."
     "optimizer, lr, momentum, weight_decay, warmup_steps, scheduler, milestones, lr_gamma"
 )
 
 
-class CourseParser(LightningArgumentParser):
-    """LightningCLI's parser; a refused ``--optimizer`` / ``--lr_scheduler`` (or config key) names the model's own
-    settings (``models.base.TaskModule``), the one optimiser mechanism of the repo."""
+class ModelOwnedSettingError(argparse.ArgumentTypeError, ValueError):
+    """Refused ``--optimizer`` / ``--lr_scheduler``: argparse shows its message for a command-line value,
+    jsonargparse for a config-file value."""
 
-    def error(self, message: str, ex: Exception | None = None) -> Any:
-        if re.search(r"(--|')(optimizer|lr_scheduler)\b", message) and OPTIMIZER_HINT not in message:
-            message += OPTIMIZER_HINT
-        return super().error(message, ex)
+
+def model_owned(value: Any) -> None:
+    """The type of ``--optimizer`` / ``--lr_scheduler``: only null (what a saved ``config.yaml`` holds) is
+    accepted; anything else is refused with :data:`OPTIMIZER_HINT`, the repo's one optimiser mechanism."""
+    if value is None or value in ("null", "None"):
+        return None
+    raise ModelOwnedSettingError(OPTIMIZER_HINT)
 
 
 def _cli(args: list[str] | None, run: bool, exit_on_error: bool) -> CourseCLI:
@@ -420,8 +439,7 @@ def _cli(args: list[str] | None, run: bool, exit_on_error: bool) -> CourseCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
-        parser_class=CourseParser,
-        auto_configure_optimizers=False,  # one mechanism: the model's own optimiser and schedule (models/base.py)
+        auto_configure_optimizers=False,  # one mechanism: the model's own (models/base.py); see model_owned
         save_config_callback=SaveConfigEverywhere,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={

@@ -1,4 +1,4 @@
-"""Every real-data config (``experiments/*/voc.yaml``, ``coco.yaml``) starts training as a user runs it:
+"""Every real-data config (``experiments/*/voc*.yaml``, ``coco*.yaml``) starts training as a user runs it:
 through scripts/train.py with its default logger on, for one training step and one validation batch on
 the real VOC / COCO fixtures in ``../shared/data/real``. Only what the fixtures force is overridden: the
 data paths and splits (the fixtures hold a few images of VOC2007 test, VOC2012 and COCO val2017),
@@ -12,11 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
+
+from scripts.config_files import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
-CONFIGS = sorted([*REPO.glob("experiments/*/voc.yaml"), *REPO.glob("experiments/*/coco.yaml")])
+CONFIGS = sorted(
+    p
+    for p in [*REPO.glob("experiments/*/voc*.yaml"), *REPO.glob("experiments/*/coco*.yaml")]
+    if p.parent.name not in ("_base", "compare")
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,7 +77,7 @@ def fixture_overrides(config: dict, tmp: Path) -> list[str]:
 def test_real_data_config_fits_one_step_with_its_logger(config_path, tmp_path, monkeypatch):
     from scripts.train import main
 
-    config = yaml.safe_load(config_path.read_text())
+    config = compose_config(config_path)
     monkeypatch.chdir(tmp_path)  # the configs write runs/... relative to the working directory
     args = [
         "fit",

@@ -34,7 +34,7 @@ from models.parts.corner_pooling import CornerPooling
 from models.parts.hourglass import StackedHourglass
 from models.parts.losses import penalty_reduced_focal_loss, pull_push_losses
 from models.parts.postprocess import select_detections
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.registry import register_model
 
 

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from models.detection.selective_search_detector import SelectiveSearchDetector
-from models.parts.backbones import Backbone
+from models.parts.backbones import Backbone, build_body
 from models.parts.box_coding import BoxCoder
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.parts.proposals import RoISampler
 from models.parts.roi_heads import FastRCNNHead, RoIPooler, fast_rcnn_loss, postprocess_detections
 from models.registry import register_model
@@ -56,11 +56,10 @@ class FastRCNN(SelectiveSearchDetector):
     """Fast R-CNN on Selective Search proposals over the ``return_layer`` map of ``backbone``.
 
     Args:
-        backbone, weights, data_root: the network and its initialisation (``weights: shapes`` pretrains
-            it on the embedded dataset in ``data_root``, see :mod:`models.parts.pretrain`); ``data_root``
-            also places the proposal cache beside the data (:class:`SelectiveSearchDetector`, which takes
-            the Selective Search arguments: ``proposal_mode``, ``max_proposals``, ...; the paper: ``quality``,
-            2000).
+        backbone, weights: the network and its initialisation (``weights: shapes`` pretrains it on the
+            embedded dataset of the trainer's DataModule, see :mod:`models.parts.pretrain`); the Selective
+            Search arguments (``proposal_mode``, ``max_proposals``, ...; the paper: ``quality``, 2000) are
+            :class:`SelectiveSearchDetector`'s.
         return_layer: the feature map the RoIs are pooled from (``c3``: stride 8, ``c4``: stride 16 as
             VGG16's conv5_3 in the paper).
         roi_op, roi_output_size: the :class:`RoIPooler`'s kind, ``pool`` (RoI max pooling, the paper) or
@@ -78,7 +77,6 @@ class FastRCNN(SelectiveSearchDetector):
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         return_layer: str = "c3",
         roi_op: Literal["pool", "align"] = "pool",
         roi_output_size: int = 7,
@@ -95,8 +93,8 @@ class FastRCNN(SelectiveSearchDetector):
         max_size: int = 128,
         **kwargs: Any,
     ) -> None:
-        super().__init__(data_root=data_root, **kwargs)
-        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded at setup("fit")
+        super().__init__(**kwargs)
+        body = build_body(backbone, weights, pretrained_bodies=self.pretrained_bodies)  # shapes: loaded at fit
         self.backbone = Backbone(body, [return_layer])
         self.return_layer = return_layer
         self.transform = GeneralizedRCNNTransform(min_size, max_size, IMAGE_MEAN, IMAGE_STD)

@@ -26,7 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from models.detection.torchvision_detector import TorchvisionDetector
 from models.parts.anchors import rpn_anchor_generator
 from models.parts.backbones import build_backbone
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.registry import register_model
 
 
@@ -41,8 +41,8 @@ class FasterRCNN(TorchvisionDetector):
     """Faster R-CNN over ``return_layers`` of ``backbone`` (an FPN when ``fpn`` is true).
 
     Args:
-        backbone, weights, data_root: the network and its initialisation (``weights: shapes`` pretrains
-            it as a classifier on the embedded dataset in ``data_root``, see :mod:`models.parts.pretrain`).
+        backbone, weights: the network and its initialisation (``weights: shapes`` pretrains it as a
+            classifier on the embedded dataset of the trainer's DataModule, see :mod:`models.parts.pretrain`).
         return_layers, fpn, fpn_channels, fpn_extra: see :class:`models.parts.backbones.Backbone`.
         anchor_sizes, anchor_ratios: anchor side lengths (pixels) and height/width ratios (Sec. 3.1.1:
             128/256/512 x 0.5/1/2 on 600 px images; 16/32/64 here for 128 px images).
@@ -70,7 +70,6 @@ class FasterRCNN(TorchvisionDetector):
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         return_layers: Sequence[str] = ("c4",),
         fpn: bool = False,
         fpn_channels: int = 64,
@@ -111,11 +110,11 @@ class FasterRCNN(TorchvisionDetector):
             fpn,
             fpn_channels,
             fpn_extra,
-            data_root=data_root,
             frozen_bn=frozen_bn,
             trainable_layers=trainable_backbone_layers,
             detection_defaults=True,
-        )  # weights: shapes are loaded in setup
+            pretrained_bodies=self.pretrained_bodies,  # weights: shapes are loaded at fit
+        )
         anchors = rpn_anchor_generator(anchor_sizes, anchor_ratios, num_levels=len(features.strides))
         rpn = RegionProposalNetwork(
             anchors,

@@ -92,6 +92,7 @@ class FCOS(TorchvisionDetector):
             frozen_bn=frozen_bn,
             trainable_layers=trainable_backbone_layers,
             detection_defaults=True,
+            pretrained_bodies=self.pretrained_bodies,  # weights: shapes are loaded at fit
         )
         # One "anchor" per location whose size is the level's stride: FCOS uses it only to assign
         # each box to a level by its size (Sec. 3.2).

@@ -27,7 +27,8 @@ from torchvision.ops import box_iou
 
 from models.detection.selective_search_detector import SelectiveSearchDetector
 from models.parts.box_coding import BoxCoder
-from models.parts.pretrain import crop_windows, load_pretrained_body, normalize
+from models.parts.backbones import build_body
+from models.parts.image_ops import crop_windows, normalize
 from models.parts.proposals import RoISampler
 from models.parts.roi_heads import fast_rcnn_loss, postprocess_detections
 from models.registry import register_model
@@ -98,10 +99,10 @@ class RCNN(SelectiveSearchDetector):
     """R-CNN: every Selective Search proposal warped to ``crop_size`` and classified by its own CNN pass.
 
     Args:
-        backbone, weights, data_root: the per-region CNN's body and its initialisation (``weights: shapes``
-            pretrains it on the embedded dataset in ``data_root``, the paper's supervised pre-training);
-            ``data_root`` also places the proposal cache beside the data (:class:`SelectiveSearchDetector`,
-            which takes the Selective Search arguments: ``proposal_mode``, ``max_proposals``, ...).
+        backbone, weights: the per-region CNN's body and its initialisation (``weights: shapes`` pretrains
+            it on the embedded dataset of the trainer's DataModule, the paper's supervised pre-training); the
+            Selective Search arguments (``proposal_mode``, ``max_proposals``, ...) are
+            :class:`SelectiveSearchDetector`'s.
         crop_size: side of the warped regions (227 in the paper for ~500 px images; 64 for 128 px ones).
         context_padding: pixels of context around the box in the warped crop; None scales the paper's
             16 of 227 to ``crop_size``; 0 warps the tight box.
@@ -121,7 +122,6 @@ class RCNN(SelectiveSearchDetector):
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         crop_size: int = 64,
         context_padding: float | None = None,
         representation_size: int = 256,
@@ -141,10 +141,10 @@ class RCNN(SelectiveSearchDetector):
         region_batch: int = 256,
         **kwargs: Any,
     ) -> None:
-        super().__init__(data_root=data_root, **kwargs)
+        super().__init__(**kwargs)
         if classifier not in ("softmax", "svm"):
             raise ValueError(f"classifier must be 'softmax' or 'svm', got {classifier!r}")
-        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded at setup("fit")
+        body = build_body(backbone, weights, pretrained_bodies=self.pretrained_bodies)  # shapes: loaded at fit
         self.cnn = RegionCNN(body, representation_size, pooled_size)
         self.predictor = FastRCNNPredictor(representation_size, self.num_classes + 1)
         self.svm = nn.Linear(representation_size, self.num_classes) if classifier == "svm" else None

@@ -29,7 +29,7 @@ from models.detection.torchvision_detector import TorchvisionDetector
 from models.parts.anchors import check_one_size_per_level, retinanet_anchor_generator
 from models.parts.backbones import build_backbone
 from models.parts.losses import focal_loss
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.registry import register_model
 
 
@@ -87,8 +87,8 @@ class RetinaNet(TorchvisionDetector):
     """RetinaNet over ``return_layers`` of ``backbone``, with or without an FPN.
 
     Args:
-        backbone, weights, data_root: the network and its initialisation (the paper: ImageNet
-            ResNet; ``weights: shapes`` pretrains it on the embedded dataset in ``data_root``, see
+        backbone, weights: the network and its initialisation (the paper: ImageNet ResNet; ``weights:
+            shapes`` pretrains it on the embedded dataset of the trainer's DataModule, see
             :mod:`models.parts.pretrain`; None trains from scratch).
         return_layers, fpn_channels, fpn_extra: see :class:`models.parts.backbones.Backbone` (the paper:
             C3-C5 -> P3-P5, plus P6, P7 with ``fpn_extra: p6p7``).
@@ -118,7 +118,6 @@ class RetinaNet(TorchvisionDetector):
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         return_layers: Sequence[str] = ("c3", "c4", "c5"),
         fpn: bool = True,
         fpn_channels: int = 64,
@@ -157,11 +156,11 @@ class RetinaNet(TorchvisionDetector):
             fpn,
             fpn_channels,
             fpn_extra,
-            data_root=data_root,
             frozen_bn=frozen_bn,
             trainable_layers=trainable_backbone_layers,
             detection_defaults=True,
-        )  # weights: shapes are loaded in setup
+            pretrained_bodies=self.pretrained_bodies,  # weights: shapes are loaded at fit
+        )
         if fpn_extra == "p6p7":
             c5_channels = features.body.stage_channels[list(return_layers)[-1]]
             features.fpn.extra_blocks = p6p7_block(c5_channels, fpn_channels, p6_from)

@@ -15,17 +15,16 @@ class SelectiveSearchDetector(DetectionModule):
     Sec. 2): the search, its cache and precomputation, and the count of proposals scored.
 
     Args:
-        data_root: places the proposal cache beside the data (``<data_root>/.cache/selective_search``).
         proposal_mode, max_proposals, min_proposal_size: Selective Search
             (:class:`models.parts.selective_search.SelectiveSearch`; the papers: ``quality``, 2000).
-        proposal_cache_dir: the cache's folder; None: beside ``data_root``, else beside the DataModule's root.
+        proposal_cache_dir: the cache's folder; None: beside the DataModule's data
+            (``<root>/.cache/selective_search``), placed at ``setup``.
         precompute_proposals, proposal_workers: segment the train and val splits before training (into
             the cache), with this many processes.
     """
 
     def __init__(
         self,
-        data_root: str | None = None,
         proposal_mode: Literal["fast", "quality"] = "fast",
         max_proposals: int = 2000,
         min_proposal_size: float = 4.0,
@@ -36,9 +35,9 @@ class SelectiveSearchDetector(DetectionModule):
     ) -> None:
         super().__init__(**kwargs)
         self.selective_search = SelectiveSearch(
-            proposal_mode, max_proposals, min_proposal_size, cache_dir=proposal_cache_dir or cache_dir_beside(data_root)
+            proposal_mode, max_proposals, min_proposal_size, cache_dir=proposal_cache_dir
         )
-        self.cache_beside_datamodule = proposal_cache_dir is None and data_root is None
+        self.cache_beside_datamodule = proposal_cache_dir is None
         self.precompute_proposals, self.proposal_workers = precompute_proposals, proposal_workers
         self.proposals_seen, self.images_seen = 0, 0
 
@@ -65,6 +64,10 @@ class SelectiveSearchDetector(DetectionModule):
         ``proposals`` stage shows what a new image costs."""
         with self.stage_timer.stage("proposals"):
             return [self.selective_search(image, use_cache=not self.stage_timer.enabled) for image in images]
+
+    def reset_proposal_count(self) -> None:
+        """Start :attr:`num_proposals` afresh (e.g. before an evaluation)."""
+        self.proposals_seen = self.images_seen = 0
 
     def count_proposals(self, proposals: list[Tensor]) -> None:
         """Add the proposals scored for these images to :attr:`num_proposals`."""

@@ -21,7 +21,9 @@ from torch import Tensor
 
 from models.base import DetectionModule
 from models.parts.postprocess import class_candidates, select_detections
-from models.parts.pretrain import CropClassifier, crop_windows, load_pretrained_body, normalize
+from models.parts.backbones import build_body
+from models.parts.image_ops import crop_windows, normalize
+from models.parts.pretrain import CropClassifier
 from models.parts.proposals import RoISampler
 from models.registry import register_model
 
@@ -74,8 +76,8 @@ class SlidingWindow(DetectionModule):
     """A crop classifier (backbone, global pooling, linear over K+1 classes) run on every window.
 
     Args:
-        backbone, weights, data_root: the classifier's body and its initialisation (``weights: shapes``:
-            pretrained on the embedded dataset in ``data_root``, see :mod:`models.parts.pretrain`).
+        backbone, weights: the classifier's body and its initialisation (``weights: shapes``: pretrained
+            on the embedded dataset of the trainer's DataModule, see :mod:`models.parts.pretrain`).
         window_sizes: window side lengths (pixels; a window of ratio r has the area of the square).
         aspect_ratios: height / width of the windows.
         stride_fraction: windows step by this fraction of their own width / height.
@@ -94,7 +96,6 @@ class SlidingWindow(DetectionModule):
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         window_sizes: Sequence[int] = (16, 24, 32, 48, 64, 96),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         stride_fraction: float = 0.25,
@@ -111,7 +112,7 @@ class SlidingWindow(DetectionModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
+        body = build_body(backbone, weights, pretrained_bodies=self.pretrained_bodies)  # shapes: loaded at fit
         self.classifier = CropClassifier(body, self.num_classes + 1)
         self.window_sizes, self.aspect_ratios = tuple(window_sizes), tuple(aspect_ratios)
         self.stride_fraction = stride_fraction
@@ -168,5 +169,5 @@ class SlidingWindow(DetectionModule):
                 chunks.append(self.classifier(crops).softmax(1))
         scores = torch.cat(chunks)
         with self.stage_timer.stage("nms"):
-            candidates = class_candidates(windows, scores[:, 1:])
+            candidates = class_candidates(windows, scores[:, 1:], self.score_thresh)
             return select_detections(*candidates, self.score_thresh, self.nms_thresh, self.detections_per_img)

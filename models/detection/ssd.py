@@ -21,8 +21,8 @@ from torchvision.models.detection.ssd import SSD as TorchvisionSSD, SSDHead
 
 from models.detection.torchvision_detector import TorchvisionDetector
 from models.parts.anchors import default_box_generator
-from models.parts.backbones import configure_body
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
+from models.parts.backbones import build_body, configure_body
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.registry import register_model
 
 
@@ -73,8 +73,8 @@ class SSD(TorchvisionDetector):
     """SSD over ``return_layers`` of ``backbone`` and ``num_extra_layers`` extra layers.
 
     Args:
-        backbone, weights, data_root: the base network and its initialisation (the paper: ImageNet
-            VGG16; ``weights: shapes`` pretrains it on the embedded dataset in ``data_root``, see
+        backbone, weights: the base network and its initialisation (the paper: ImageNet VGG16; ``weights:
+            shapes`` pretrains it on the embedded dataset of the trainer's DataModule, see
             :mod:`models.parts.pretrain`; None trains from scratch).
         return_layers: base-network maps that get predictors (the paper: conv4_3, fc7).
         num_extra_layers, extra_channels: extra layers after the base network, each halving the map.
@@ -95,7 +95,6 @@ class SSD(TorchvisionDetector):
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         return_layers: Sequence[str] = ("c3", "c4", "c5"),
         num_extra_layers: int = 2,
         extra_channels: int = 128,
@@ -117,7 +116,7 @@ class SSD(TorchvisionDetector):
         super().__init__(**kwargs)
         if self.adopt_pretrained(weights, trainable_backbone_layers, builder_kwargs):
             return
-        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
+        body = build_body(backbone, weights, pretrained_bodies=self.pretrained_bodies)  # shapes: loaded at fit
         configure_body(body, backbone, weights, frozen_bn, trainable_backbone_layers, detection_defaults=True)
         features = SSDFeatureMaps(body, return_layers, num_extra_layers, extra_channels)
         if len(aspect_ratios) != len(features.out_channels):

@@ -16,7 +16,12 @@ from torch import Tensor, nn
 
 from models.base import DetectionModule
 from models.parts.timing import time_method
-from models.parts.torchvision_weights import adopt_pretrained_detector, run_detector, run_foreground_detector
+from models.parts.torchvision_weights import (
+    ClassMap,
+    adopt_pretrained_detector,
+    run_detector,
+    run_foreground_detector,
+)
 
 
 class TorchvisionDetector(DetectionModule):
@@ -45,6 +50,7 @@ class TorchvisionDetector(DetectionModule):
     timed_method: ClassVar[tuple[str, str, str]] = ("", "postprocess_detections", "decode_nms")
     nms_owner: ClassVar[str] = ""
     foreground_classifier: ClassVar[bool] = False
+    class_map: ClassMap | None = None  # torchvision's COCO categories -> ours, set when a pretrained model is adopted
 
     def adopt_pretrained(
         self, weights: str | None, trainable_backbone_layers: int | None, builder_kwargs: dict[str, Any] | None

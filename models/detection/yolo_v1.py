@@ -28,9 +28,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_convert
 
 from models.base import DetectionModule
-from models.parts.backbones import Backbone, conv_bn_relu
+from models.parts.backbones import Backbone, build_body, conv_bn_relu
 from models.parts.postprocess import class_candidates, select_detections
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.registry import register_model
 
 
@@ -156,7 +156,7 @@ def decode_yolo_output(
     w, h = boxes[..., 2].pow(2) * width, boxes[..., 3].pow(2) * height
     xyxy = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1).reshape(-1, 4)
     scores = (output[..., None, 5 * num_boxes :] * boxes[..., 4:5]).reshape(-1, num_classes)  # (S*S*B) x C
-    candidates = class_candidates(xyxy, scores)
+    candidates = class_candidates(xyxy, scores, score_thresh)
     return select_detections(*candidates, score_thresh, nms_thresh, max_detections, image_size)
 
 
@@ -216,9 +216,9 @@ class YOLOv1(DetectionModule):
     """YOLO v1 on one map of ``backbone``.
 
     Args:
-        backbone, weights, data_root: the network and its initialisation (the paper: 20 conv layers
-            pretrained on ImageNet; ``weights: shapes`` pretrains it on the embedded dataset in
-            ``data_root``, see :mod:`models.parts.pretrain`; None trains from scratch).
+        backbone, weights: the network and its initialisation (the paper: 20 conv layers pretrained on
+            ImageNet; ``weights: shapes`` pretrains it on the embedded dataset of the trainer's DataModule,
+            see :mod:`models.parts.pretrain`; None trains from scratch).
         return_layer: the map the head reads (stride 32).
         image_size: images are resized to image_size x image_size (the paper: 448).
         grid_size, num_boxes: S and B (7 and 2 in the paper).
@@ -235,7 +235,6 @@ class YOLOv1(DetectionModule):
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         return_layer: str = "c5",
         image_size: int = 128,
         grid_size: int = 7,
@@ -258,7 +257,7 @@ class YOLOv1(DetectionModule):
         self.transform = GeneralizedRCNNTransform(
             image_size, image_size, IMAGE_MEAN, IMAGE_STD, size_divisible=1, fixed_size=(image_size, image_size)
         )
-        body = load_pretrained_body(backbone, weights, data_root, defer=True)  # shapes: loaded in setup
+        body = build_body(backbone, weights, pretrained_bodies=self.pretrained_bodies)  # shapes: loaded at fit
         self.backbone = Backbone(body, (return_layer,))
         cells = math.ceil(image_size / (self.backbone.strides[0] * head_stride)) ** 2
         self.head = YOLOv1Head(

@@ -11,6 +11,7 @@ follows torchvision's detection contract: a module with an ``out_channels`` attr
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -135,12 +136,40 @@ def _mobilenet_v3(weights: str | None) -> _StagedSequential:
     return _StagedSequential(stages, {k: channels[k] for k in stages}, {k: strides[k] for k in stages})
 
 
-def build_body(name: str, weights: str | None = None, channels: Sequence[int] | None = None) -> nn.Module:
+@dataclass(eq=False)
+class PretrainedBody:
+    """A body built for ``weights: shapes``: its weights come from the crop-classifier pretraining on the
+    embedded dataset (:mod:`models.parts.pretrain`), keyed by ``arch`` and ``channels``. A model lists these in
+    :attr:`~models.base.TaskModule.pretrained_bodies`; its ``setup("fit")`` loads each once (``loaded``)."""
+
+    body: nn.Module
+    arch: str
+    channels: tuple[int, ...] | None = None
+    loaded: bool = False
+
+
+def build_body(
+    name: str,
+    weights: str | None = None,
+    channels: Sequence[int] | None = None,
+    pretrained_bodies: list[PretrainedBody] | None = None,
+) -> nn.Module:
     """The bare network: ``small_cnn`` (ours) or torchvision's resnet18/50, vgg16, mobilenet_v3.
 
     ``weights`` is passed to torchvision (``"DEFAULT"`` or an enum name such as ``"IMAGENET1K_V1"``);
-    None (the default) trains from scratch, since weights cannot be downloaded offline.
+    None (the default) trains from scratch, since weights cannot be downloaded offline. ``"shapes"``
+    builds the body untrained and appends its :class:`PretrainedBody` to ``pretrained_bodies`` (the
+    model's :attr:`~models.base.TaskModule.pretrained_bodies`), for the model to load at ``setup("fit")``,
+    once the DataModule has generated the dataset.
     """
+    if weights == "shapes":
+        if pretrained_bodies is None:
+            raise ValueError(
+                "weights: shapes: the body is loaded when a model is fit; pass the model's pretrained_bodies list"
+            )
+        body = build_body(name, None, channels)
+        pretrained_bodies.append(PretrainedBody(body, name, tuple(channels) if channels else None))
+        return body
     if name == "small_cnn":
         if weights is not None:
             raise ValueError("small_cnn has no torchvision weights; use weights: null")
@@ -304,20 +333,18 @@ def build_backbone(
     fpn_channels: int = 64,
     fpn_extra: Literal["none", "maxpool", "p6p7"] = "none",
     channels: Sequence[int] | None = None,
-    data_root: str | None = None,
     frozen_bn: bool | None = None,
     trainable_layers: int | None = None,
     detection_defaults: bool = False,
+    pretrained_bodies: list[PretrainedBody] | None = None,
 ) -> Backbone:
     """Build a :class:`Backbone` by name (see :data:`BACKBONES`).
 
-    ``weights: shapes`` marks the small CNN for the embedded dataset's pretraining
-    (:mod:`models.parts.pretrain`); the weights are loaded when training starts (``TaskModule.setup``),
-    from ``data_root`` or else the DataModule's root, since the dataset may not exist before then.
+    ``weights: shapes`` registers the body in ``pretrained_bodies`` for the embedded dataset's pretraining
+    (see :func:`build_body`); the model loads the weights when training starts (``TaskModule.setup``), from
+    the trainer's DataModule, since the dataset may not exist before then.
     ``frozen_bn``, ``trainable_layers``, ``detection_defaults``: see :func:`configure_body`.
     """
-    from models.parts.pretrain import load_pretrained_body  # pretrain imports build_body from here
-
-    body = load_pretrained_body(name, weights, data_root, channels, defer=True)
+    body = build_body(name, weights, channels, pretrained_bodies)
     configure_body(body, name, weights, frozen_bn, trainable_layers, detection_defaults)
     return Backbone(body, return_layers, fpn, fpn_channels, fpn_extra)

@@ -13,15 +13,16 @@ from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 
-def class_candidates(boxes: Tensor, class_scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One candidate per (box, class): ``class_scores`` N x C give labels 1..C; ``boxes`` are N x 4 (one box
-    for every class: windows, YOLO's cells) or N x C x 4 (class-specific, R-CNN's regressed boxes).
-    Returns boxes (N C x 4), scores (N C) and labels (N C), box-major."""
-    num_boxes, num_classes = class_scores.shape
-    if boxes.dim() == 2:
-        boxes = boxes[:, None].expand(num_boxes, num_classes, 4)
-    labels = torch.arange(1, num_classes + 1, device=class_scores.device).repeat(num_boxes)
-    return boxes.reshape(-1, 4), class_scores.reshape(-1), labels
+def class_candidates(
+    boxes: Tensor, class_scores: Tensor, score_thresh: float = float("-inf")
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The (box, class) candidates scoring above ``score_thresh``: ``class_scores`` N x C give labels 1..C;
+    ``boxes`` are N x 4 (one box for every class: windows, YOLO's cells) or N x C x 4 (class-specific,
+    R-CNN's regressed boxes). Returns boxes (M x 4), scores (M) and labels (M), box-major. Thresholding
+    first keeps memory at the candidates that pass, not N x C (a COCO sliding window: ~17k x 80)."""
+    index, column = torch.where(class_scores > score_thresh)
+    picked = boxes[index] if boxes.dim() == 2 else boxes[index, column]
+    return picked, class_scores[index, column], column + 1
 
 
 def select_detections(

@@ -8,6 +8,11 @@ background, as R-CNN's classifier does (Sec. 2.3: IoU >= 0.5 positives, backgrou
 state dict is cached beside the data under a key of dataset, architecture and recipe, so each
 (dataset, architecture) pair is pretrained once; the time it took is stored with it so comparisons can
 report the pretraining cost on its own row.
+
+A model asks for these weights by building its body with ``weights: shapes`` (``build_body`` /
+``build_backbone`` of :mod:`models.parts.backbones` register it in the model's ``pretrained_bodies``); the
+base's ``setup("fit")`` loads them with :func:`load_pretrained_bodies` from the trainer's DataModule. This
+module imports the backbones, never the reverse.
 """
 
 from __future__ import annotations
@@ -21,19 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import defusedxml.ElementTree as SafeET
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchvision.io import ImageReadMode, decode_image
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import box_iou
 
-from models.parts.backbones import build_body
-
-# torchvision's normalisation (GeneralizedRCNNTransform and ImageNet classifiers): the pretrained body
-# sees its inputs scaled the same way in pretraining and in every detector.
-IMAGE_MEAN = [0.485, 0.456, 0.406]
-IMAGE_STD = [0.229, 0.224, 0.225]
+from datamodules.voc import VOCDataset
+from models.parts.backbones import PretrainedBody, build_body
+from models.parts.image_ops import crop_windows, normalize
 
 #: Bump when the pretraining code changes in a way that changes its result (invalidates the cache).
 RECIPE_VERSION = 1
@@ -88,44 +89,20 @@ class CropClassifier(nn.Module):
         return self.classifier(self.pool(features).flatten(1))
 
 
-def normalize(images: Tensor) -> Tensor:
-    """[0, 1] RGB (... x 3 x H x W) -> zero-mean unit-variance channels, as torchvision's detectors do."""
-    mean = images.new_tensor(IMAGE_MEAN)[:, None, None]
-    std = images.new_tensor(IMAGE_STD)[:, None, None]
-    return (images - mean) / std
-
-
-def crop_windows(image: Tensor, boxes: Tensor, crop_size: int) -> Tensor:
-    """Warp the ``boxes`` (N x 4, xyxy pixels) of one image (3 x H x W) to N x 3 x crop_size x crop_size.
-
-    RoI Align with pixel-aligned boxes and adaptive sampling averages ceil(box / crop) samples per output
-    pixel: a window twice the crop size gives exactly the 2 x 2 average pooling of the window.
-    """
-    return roi_align(image[None], [boxes.to(image.dtype)], (crop_size, crop_size), 1.0, -1, aligned=True)
+def _classes(data_root: str | Path) -> list[str]:
+    return json.loads((Path(data_root) / "meta.json").read_text(encoding="utf-8"))["classes"]
 
 
 # ----------------------------------------------------------------------------------------- data
-def read_voc_split(data_root: str | Path, split: str) -> list[tuple[Path, Tensor, Tensor]]:
-    """(image path, boxes N x 4 xyxy in 0-based continuous pixels, labels 1..K) per image of a VOC split."""
-    root = Path(data_root)
-    classes = json.loads((root / "meta.json").read_text(encoding="utf-8"))["classes"]
-    records = []
-    for stem in (root / "ImageSets" / "Main" / f"{split}.txt").read_text(encoding="utf-8").split():
-        tree = SafeET.parse(root / "Annotations" / f"{stem}.xml")
-        boxes, labels = [], []
-        for obj in tree.findall("object"):
-            bb = obj.find("bndbox")
-            x1, y1, x2, y2 = (float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
-            boxes.append([x1 - 1, y1 - 1, x2, y2])  # VOC is 1-based inclusive
-            labels.append(classes.index(obj.find("name").text) + 1)
-        records.append(
-            (
-                root / "JPEGImages" / f"{stem}.jpg",
-                torch.tensor(boxes).reshape(-1, 4),
-                torch.tensor(labels, dtype=torch.int64),
-            )
-        )
-    return records
+def read_split(data_root: str | Path, split: str) -> list[tuple[Path, Tensor, Tensor]]:
+    """(image path, boxes N x 4 float32 xyxy, labels 1..K int64) per image of the ``split`` of the shapes
+    dataset in ``data_root``, read by the DataModules' VOC reader (:class:`~datamodules.voc.VOCDataset`).
+
+    Its convention is the pretraining's: VOC's 1-based inclusive pixels become 0-based continuous
+    coordinates, label ``i`` is the ``i``-th class of ``meta.json``; ``difficult`` objects are kept.
+    """
+    dataset = VOCDataset(data_root, split, task="detection", class_names=_classes(data_root), keep_difficult=True)
+    return [(rec.path, torch.from_numpy(rec.boxes), torch.from_numpy(rec.labels)) for rec in dataset.records]
 
 
 def _jittered(boxes: Tensor, n: int, jitter: float, generator: torch.Generator) -> Tensor:
@@ -246,11 +223,11 @@ def pretrain_on_shapes(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        train_crops, train_labels = sample_crops(read_voc_split(data_root, "train"), recipe, generator)
+        train_crops, train_labels = sample_crops(read_split(data_root, "train"), recipe, generator)
         val_crops, val_labels = sample_crops(
-            read_voc_split(data_root, "val"), recipe, torch.Generator().manual_seed(seed + 1)
+            read_split(data_root, "val"), recipe, torch.Generator().manual_seed(seed + 1)
         )
-        num_classes = len(json.loads((Path(data_root) / "meta.json").read_text(encoding="utf-8"))["classes"])
+        num_classes = len(_classes(data_root))
         model = CropClassifier(build_body(arch, None, channels), num_classes + 1)
         _train_classifier(model, train_crops, train_labels, recipe, generator)
         accuracy = _accuracy(model, val_crops, val_labels)
@@ -291,48 +268,13 @@ def load_shapes_weights(
     return result
 
 
-def load_pretrained_body(
-    name: str,
-    weights: str | None,
-    data_root: str | Path | None = None,
-    channels: Sequence[int] | None = None,
-    defer: bool = False,
-) -> nn.Module:
-    """The body ``name`` with its weights: ``"shapes"`` pretrains on the embedded dataset in ``data_root``
-    (or loads the cached result), None trains from scratch, anything else names torchvision weights.
-
-    ``defer=True`` marks a ``shapes`` body instead of loading it now, for :func:`load_deferred_shapes_weights`
-    to fill in at ``setup("fit")``: a LightningCLI run builds the model before the DataModule has generated
-    the dataset.
-    """
-    if weights != "shapes":
-        return build_body(name, weights, channels)
-    if data_root is None and not defer:
-        raise ValueError("weights: shapes needs data_root, the folder of the generated shapes dataset")
-    body = build_body(name, None, channels)
-    if defer:
-        root = str(data_root) if data_root is not None else None  # None: the DataModule's root at setup
-        body.deferred_shapes_weights = (name, root, tuple(channels) if channels else None)
-    else:
-        load_shapes_weights(body, name, data_root, channels)
-    return body
-
-
-def load_deferred_shapes_weights(model: nn.Module, default_root: str | Path | None = None) -> list[PretrainResult]:
-    """Load the shapes weights of every body in ``model`` marked by ``load_pretrained_body(defer=True)``,
-    once (the mark is cleared, so a later fit continues from the trained weights). A body marked without
-    a data root uses ``default_root`` (the DataModule's root)."""
+def load_pretrained_bodies(bodies: Sequence[PretrainedBody], data_root: str | Path) -> list[PretrainResult]:
+    """Load the shapes weights of every body of ``bodies`` not loaded yet (a model's
+    :attr:`~models.base.TaskModule.pretrained_bodies`) from the dataset in ``data_root``, pretraining first
+    where no cached result exists; each is then marked loaded, so a later fit keeps the trained weights."""
     results = []
-    for module in model.modules():
-        deferred = getattr(module, "deferred_shapes_weights", None)
-        if deferred is not None:
-            name, data_root, channels = deferred
-            data_root = data_root or default_root
-            if data_root is None:
-                raise ValueError(
-                    "weights: shapes needs the generated shapes dataset: set the model's data_root "
-                    "or train with a DataModule that has a `root`"
-                )
-            results.append(load_shapes_weights(module, name, data_root, channels))
-            module.deferred_shapes_weights = None
+    for entry in bodies:
+        if not entry.loaded:
+            results.append(load_shapes_weights(entry.body, entry.arch, data_root, entry.channels))
+            entry.loaded = True
     return results

@@ -121,5 +121,5 @@ def postprocess_detections(
     :func:`models.parts.postprocess.select_detections` (clipping to the image, score threshold, per-class
     NMS, both papers at IoU 0.3, and the ``detections_per_img`` best)."""
     boxes = box_coder.decode(box_deltas, proposals).reshape(-1, class_scores.shape[1], 4)
-    candidates = class_candidates(boxes[:, 1:], class_scores[:, 1:])
+    candidates = class_candidates(boxes[:, 1:], class_scores[:, 1:], score_thresh)
     return select_detections(*candidates, score_thresh, nms_thresh, detections_per_img, image_size, min_box_size)

@@ -332,9 +332,9 @@ class _CacheFiller(Dataset):
         return self.search.num_computed > before, entries
 
 
-def cache_dir_beside(data_root: str | Path | None) -> Path | None:
-    """``<data_root>/.cache/selective_search``: the proposals are kept beside the images they belong to."""
-    return Path(data_root) / ".cache" / "selective_search" if data_root is not None else None
+def cache_dir_beside(root: str | Path | None) -> Path | None:
+    """``<root>/.cache/selective_search`` (a DataModule's ``root``): the proposals are kept beside the images."""
+    return Path(root) / ".cache" / "selective_search" if root is not None else None
 
 
 def precompute_for_datamodule(search: SelectiveSearch, datamodule: Any, workers: int = 0) -> int:

@@ -328,9 +328,8 @@ def adopt_pretrained_detector(
     builder_kwargs: dict[str, Any] | None = None,
 ) -> bool:
     """When ``weights`` names whole-model torchvision weights for the registered detector ``name``: give
-    ``module`` torchvision's network (``module.detector``) and its class map and return True. Otherwise set
-    ``module.class_map = None`` and return False (the model then builds its own network)."""
-    module.class_map = None
+    ``module`` torchvision's network (``module.detector``) and its class map and return True. Otherwise return
+    False (the model then builds its own network; its ``class_map`` stays the class's None)."""
     if pretrained_weights(PRETRAINED_BUILDERS[name], weights) is None:
         return False
     module.detector, module.class_map = build_pretrained(

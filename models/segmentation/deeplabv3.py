@@ -17,8 +17,8 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.transforms import Normalize
 
 from models.base import SemanticSegmentationModule
-from models.parts.backbones import Backbone, conv_bn_relu
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
+from models.parts.backbones import Backbone, build_body, conv_bn_relu
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.parts.torchvision_weights import adopt_pretrained_segmenter, pretrained_segmenter_losses, run_segmenter
 from models.registry import register_model
 
@@ -70,7 +70,7 @@ class DeepLabV3(SemanticSegmentationModule):
     Args:
         backbone, weights: see :func:`models.parts.backbones.build_backbone` (``c5`` at stride 32:
             ``small_cnn``, ``resnet18``, ``resnet50``); ``weights: shapes`` pretrains the body as a
-            classifier on the embedded dataset in ``data_root`` (:mod:`models.parts.pretrain`).
+            classifier on the embedded dataset of the trainer's DataModule (:mod:`models.parts.pretrain`).
         output_stride: 16 dilates ``c5`` (rate 2); 8 dilates ``c4`` (rate 2) and ``c5`` (rate 4), each
             stage's formerly strided conv at the rate before it (1, resp. 2; see :func:`dilate_stage`).
         atrous_rates: ASPP's rates (the paper: 6, 12, 18 at output stride 16 on 513 px crops,
@@ -86,7 +86,6 @@ class DeepLabV3(SemanticSegmentationModule):
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         output_stride: Literal[8, 16] = 8,
         atrous_rates: Sequence[int] = (3, 6, 9),
         aspp_channels: int = 64,
@@ -102,7 +101,8 @@ class DeepLabV3(SemanticSegmentationModule):
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
-        self.backbone = Backbone(load_pretrained_body(backbone, weights, data_root, defer=True), return_layers=("c5",))
+        body = build_body(backbone, weights, pretrained_bodies=self.pretrained_bodies)  # shapes: loaded at fit
+        self.backbone = Backbone(body, return_layers=("c5",))
         if self.backbone.strides[-1] != 32:
             raise ValueError(
                 f"deeplabv3 needs a backbone whose c5 has stride 32; {backbone}'s has {self.backbone.strides[-1]}"

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torchvision.transforms import Normalize
 
 from models.base import SemanticSegmentationModule
-from models.parts.backbones import conv_bn_relu
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD, load_pretrained_body
+from models.parts.backbones import PretrainedBody, build_body, conv_bn_relu
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.parts.torchvision_weights import adopt_pretrained_segmenter, pretrained_segmenter_losses, run_segmenter
 from models.parts.upsampling import UpsamplingKind, build_upsampler, pad_to_multiple
 from models.registry import register_model
@@ -75,12 +75,14 @@ class PoolingEncoder(nn.Module):
 class BackboneEncoder(nn.Module):
     """A body of :func:`models.parts.backbones.build_body` returning its stages by stride (the last
     stage of each stride) and no pooling indices. A body that stops at stride 16 (VGG16's conv5_3)
-    gets FCN's pool5, a 2x max pooling to stride 32. ``weights: shapes`` is loaded at ``setup("fit")``
-    (see :mod:`models.parts.pretrain`)."""
+    gets FCN's pool5, a 2x max pooling to stride 32. ``weights: shapes`` registers the body in
+    ``pretrained_bodies`` (the model's), loaded at ``setup("fit")`` (see :mod:`models.parts.pretrain`)."""
 
-    def __init__(self, name: str, weights: str | None = None, data_root: str | None = None) -> None:
+    def __init__(
+        self, name: str, weights: str | None = None, pretrained_bodies: list[PretrainedBody] | None = None
+    ) -> None:
         super().__init__()
-        self.body = load_pretrained_body(name, weights, data_root, defer=True)
+        self.body = build_body(name, weights, pretrained_bodies=pretrained_bodies)
         self.stage_of_stride = {self.body.stage_strides[n]: n for n in self.body.stage_channels}
         self.stage_channels = {s: self.body.stage_channels[n] for s, n in sorted(self.stage_of_stride.items())}
         coarsest = max(self.stage_channels)
@@ -147,10 +149,10 @@ class FCN(SemanticSegmentationModule):
         skip_fusion: ``32s`` (none), ``16s`` (pool4) or ``8s`` (pool4 and pool3).
         channels: widths of the built-in encoder's stages (stage k at stride 2**k).
         convs_per_stage: 3x3 convolutions per encoder stage before its downsampling.
-        backbone, weights, data_root: instead of the built-in encoder, a body of ``build_backbone``
-            (e.g. ``vgg16`` as the paper) with torchvision weights, or ``weights: shapes`` pretrained
-            as a classifier on the embedded dataset in ``data_root`` (:mod:`models.parts.pretrain`);
-            a body has no pooling indices.
+        backbone, weights: instead of the built-in encoder, a body of ``build_backbone`` (e.g. ``vgg16``
+            as the paper) with torchvision weights, or ``weights: shapes`` pretrained as a classifier on the
+            embedded dataset of the trainer's DataModule (:mod:`models.parts.pretrain`); a body has no
+            pooling indices.
         weights: besides body weights, ``torchvision`` (or ``COCO_WITH_VOC_LABELS_V1``) loads torchvision's
             whole ``fcn_resnet50`` (COCO's 20 VOC classes, :mod:`models.parts.torchvision_weights`), the other
             options unused; ``eval_size``: eval inputs resized to this shorter side and the logits back
@@ -166,7 +168,6 @@ class FCN(SemanticSegmentationModule):
         convs_per_stage: int = 1,
         backbone: str | None = None,
         weights: str | None = None,
-        data_root: str | None = None,
         eval_size: int | None = None,
         aux_loss_weight: float = 0.5,
         **kwargs: Any,
@@ -181,7 +182,7 @@ class FCN(SemanticSegmentationModule):
         if backbone is None:
             self.encoder = PoolingEncoder(channels, downsample, convs_per_stage)
         else:
-            self.encoder = BackboneEncoder(backbone, weights, data_root)
+            self.encoder = BackboneEncoder(backbone, weights, self.pretrained_bodies)
         if upsampling == "max_unpool" and not (backbone is None and downsample == "max_pool"):
             raise ValueError(
                 "upsampling: max_unpool needs the pooling indices of the built-in encoder: "
@@ -205,36 +206,3 @@ class FCN(SemanticSegmentationModule):
         x = pad_to_multiple(self.normalize(images), self.decoder.top_stride)
         features, pool_indices = self.encoder(x)
         return self.classifier(self.decoder(features, pool_indices))[..., :height, :width]
-
-
-# The course's upsampling variants under their own names, so comparisons list each of them.
-@register_model("fcn_nearest", family="semantic_segmentation")
-class FCNNearest(FCN):
-    """FCN decoding with nearest-neighbour unpooling (slide 136)."""
-
-    def __init__(self, upsampling: UpsamplingKind = "nearest", **kwargs: Any) -> None:
-        super().__init__(upsampling=upsampling, **kwargs)
-
-
-@register_model("fcn_bed_of_nails", family="semantic_segmentation")
-class FCNBedOfNails(FCN):
-    """FCN decoding with "bed of nails" unpooling (slide 136)."""
-
-    def __init__(self, upsampling: UpsamplingKind = "bed_of_nails", **kwargs: Any) -> None:
-        super().__init__(upsampling=upsampling, **kwargs)
-
-
-@register_model("fcn_max_unpool", family="semantic_segmentation")
-class FCNMaxUnpool(FCN):
-    """FCN decoding with max unpooling at the encoder's pooling indices (slide 137, SegNet)."""
-
-    def __init__(self, upsampling: UpsamplingKind = "max_unpool", **kwargs: Any) -> None:
-        super().__init__(upsampling=upsampling, **kwargs)
-
-
-@register_model("fcn_bilinear", family="semantic_segmentation")
-class FCNBilinear(FCN):
-    """FCN decoding with fixed bilinear interpolation."""
-
-    def __init__(self, upsampling: UpsamplingKind = "bilinear", **kwargs: Any) -> None:
-        super().__init__(upsampling=upsampling, **kwargs)

@@ -26,7 +26,7 @@ class MaskRCNN(FasterRCNN, InstanceSegmentationModule):
     """Mask R-CNN: :class:`~models.detection.faster_rcnn.FasterRCNN` (its arguments) and a mask head.
 
     Args (those whose defaults differ from Faster R-CNN's, and the mask head's):
-        backbone, weights, data_root: as Faster R-CNN (``weights: torchvision``: COCO ``maskrcnn_resnet50_fpn``).
+        backbone, weights: as Faster R-CNN (``weights: torchvision``: COCO ``maskrcnn_resnet50_fpn``).
         return_layers, fpn, fpn_extra: an FPN over c2..c5 and an extra max-pooled level (P6, for the RPN
             only) as in the paper's FPN; RoIs are pooled from the levels of ``return_layers``.
         anchor_sizes: one anchor size per FPN level, finest first (the paper: 32 .. 512 on 800 px
@@ -41,12 +41,17 @@ class MaskRCNN(FasterRCNN, InstanceSegmentationModule):
     """
 
     timed_modules = (("transform", "transform"), ("backbone", "backbone"), ("rpn", "rpn"), ("roi_heads", "roi_heads"))
+    renamed_arguments = {  # before Mask R-CNN took Faster R-CNN's names
+        "aspect_ratios": "anchor_ratios",
+        "rpn_batch_size_per_image": "rpn_batch_size",
+        "box_batch_size_per_image": "box_batch_size",
+        "box_representation_size": "representation_size",
+    }
 
     def __init__(
         self,
         backbone: str = "small_cnn",
         weights: str | None = None,
-        data_root: str | None = None,
         return_layers: Sequence[str] = ("c2", "c3", "c4", "c5"),
         fpn: bool = True,
         fpn_extra: Literal["none", "maxpool", "p6p7"] = "maxpool",
@@ -65,7 +70,6 @@ class MaskRCNN(FasterRCNN, InstanceSegmentationModule):
         super().__init__(
             backbone=backbone,
             weights=weights,
-            data_root=data_root,
             return_layers=return_layers,
             fpn=fpn,
             fpn_extra=fpn_extra,

@@ -19,7 +19,7 @@ from torchvision.transforms import Normalize
 
 from models.base import SemanticSegmentationModule
 from models.parts.backbones import conv_bn_relu
-from models.parts.pretrain import IMAGE_MEAN, IMAGE_STD
+from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
 from models.parts.upsampling import pad_to_multiple
 from models.registry import register_model
 
@@ -47,7 +47,7 @@ class UNet(SemanticSegmentationModule):
 
     Args:
         channels: widths of the levels, finest first (the paper: 64, 128, 256, 512, 1024).
-        backbone, weights, data_root: instead of the paper's contracting path, the stages of a
+        backbone, weights: instead of the paper's contracting path, the stages of a
             ``build_backbone`` body (as U-Nets on pretrained encoders do, e.g. TernausNet): ``small_cnn``
             with ``weights: shapes`` (pretrained on the embedded dataset's crops, like every other
             model here) or a torchvision network with its weights. The expanding path is the paper's,
@@ -59,7 +59,6 @@ class UNet(SemanticSegmentationModule):
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         backbone: str | None = None,
         weights: str | None = None,
-        data_root: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -74,7 +73,7 @@ class UNet(SemanticSegmentationModule):
         else:
             from models.segmentation.fcn import BackboneEncoder
 
-            self.encoder = BackboneEncoder(backbone, weights, data_root)
+            self.encoder = BackboneEncoder(backbone, weights, self.pretrained_bodies)
             self.stage_widths = dict(self.encoder.stage_channels)
         strides = sorted(self.stage_widths)
         self.expanding = nn.ModuleList(

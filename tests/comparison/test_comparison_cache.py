@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from comparison.cache import code_version, dataset_fingerprint, run_fingerprint, source_files
+from comparison.cache import backbone_fingerprint, code_version, dataset_fingerprint, run_fingerprint, source_files
 
 
 @pytest.fixture
@@ -52,9 +52,19 @@ def test_the_dataset_fingerprint_follows_the_generator_metadata(tmp_path):
     assert dataset_fingerprint(tmp_path) != first
 
 
+def test_the_backbone_fingerprint_reads_the_models_pretrained_bodies(tiny_shapes_dataset):
+    from models.detection.faster_rcnn import FasterRCNN
+    from models.parts.pretrain import cache_path
+
+    model = FasterRCNN(num_classes=6, weights="shapes")
+    assert backbone_fingerprint(model, tiny_shapes_dataset) == [cache_path(tiny_shapes_dataset, "small_cnn").name]
+    assert backbone_fingerprint(model, None) == ["small_cnn:None:unprepared"]  # no dataset yet
+    assert backbone_fingerprint(FasterRCNN(num_classes=6), tiny_shapes_dataset) == []  # trained from scratch
+
+
 def test_every_part_of_the_run_fingerprint_changes_the_key(tmp_path):
     (tmp_path / "meta.json").write_text("{}")
-    model = types.SimpleNamespace(modules=lambda: [])
+    model = types.SimpleNamespace(pretrained_bodies=[])
     data = types.SimpleNamespace(root=str(tmp_path))
     base = run_fingerprint({"lr": 0.1}, 0, "cpu", model, data)["key"]
     assert run_fingerprint({"lr": 0.1}, 0, "cpu", model, data)["key"] == base

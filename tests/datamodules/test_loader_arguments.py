@@ -56,3 +56,13 @@ def test_loader_arguments_are_checked_by_the_base(tmp_path: Path) -> None:
         VOCDataModule(root=str(tmp_path), task="panoptic")
     with pytest.raises(TypeError, match="batchsize"):
         COCODataModule("a.json", "images", "b.json", "images", batchsize=4)
+
+
+def test_options_after_the_data_paths_are_keyword_only(tmp_path: Path) -> None:
+    """A positional option would land in the wrong slot (e.g. a task string as keep_crowd_in_train)."""
+    with pytest.raises(TypeError, match="positional"):
+        COCODataModule("a.json", "images", "b.json", "images", None, None, True)
+    with pytest.raises(TypeError, match="positional"):
+        VOCDataModule(str(tmp_path), "2012")
+    with pytest.raises(TypeError, match="positional"):
+        ShapesDataModule(str(tmp_path), "coco")

@@ -1,8 +1,14 @@
+import types
+
 import pytest
 import torch
 from torch import nn
 
 from models.base import DetectionModule, SemanticSegmentationModule
+from models.detection.selective_search_detector import SelectiveSearchDetector
+from models.parts import pretrain
+from models.parts.backbones import build_body
+from models.parts.pretrain import cache_path
 
 
 class ConstantLossDetector(DetectionModule):
@@ -173,22 +179,20 @@ def test_mixed_precision_fit_on_cpu(precision, tmp_path):
     assert trainer.global_step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_every_registered_detector_exposes_its_nms_threshold():
-    """The comparison's NMS sweep calls set_nms_iou on every detector it sweeps."""
-    import models.detection  # noqa: F401  (registers the detectors)
-    import models.segmentation  # noqa: F401
-    from models.registry import list_models
+def _with_datamodule(model, root):
+    """``model`` attached to a stand-in trainer whose DataModule has ``root`` (what ``setup`` reads)."""
+    model._trainer = types.SimpleNamespace(datamodule=types.SimpleNamespace(root=str(root)))
+    return model
 
-    for entry in list_models():
-        if entry.task == "semantic":
-            continue
-        model = entry.cls(num_classes=2)
-        model.set_nms_iou(0.42)
-        assert model.nms_thresh == 0.42, entry.name
+
+def _equal_to(body, path):
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return all(torch.equal(v, saved[k]) for k, v in body.state_dict().items())
 
 
 def test_every_model_with_shapes_weights_loads_them_at_fit_setup(tiny_shapes_dataset):
-    """The base's setup("fit") loads ``weights: shapes`` for every model (no model needs its own hook)."""
+    """The base's setup("fit") loads ``weights: shapes`` for every model (no model needs its own hook), from
+    the trainer's DataModule: each model lists its bodies in ``pretrained_bodies``."""
     import inspect
 
     import models.detection  # noqa: F401
@@ -198,15 +202,153 @@ def test_every_model_with_shapes_weights_loads_them_at_fit_setup(tiny_shapes_dat
     checked = []
     for entry in list_models():
         params = inspect.signature(entry.cls.__init__).parameters
-        if "weights" not in params or "data_root" not in params:
+        if "weights" not in params:
             continue
+        assert "data_root" not in params, entry.name  # the data comes from the DataModule
         extra = {"backbone": "small_cnn"} if "backbone" in params else {}
-        if entry.name == "fcn_max_unpool":
-            continue  # max unpooling needs the built-in encoder's indices: no pretrained body
-        model = entry.cls(num_classes=6, weights="shapes", data_root=str(tiny_shapes_dataset), **extra)
-        marked = [m for m in model.modules() if getattr(m, "deferred_shapes_weights", None) is not None]
-        assert marked, entry.name
+        if issubclass(entry.cls, SelectiveSearchDetector):
+            extra["precompute_proposals"] = False  # the stand-in DataModule has no splits
+        model = _with_datamodule(entry.cls(num_classes=6, weights="shapes", **extra), tiny_shapes_dataset)
+        [pretrained] = model.pretrained_bodies
+        assert any(module is pretrained.body for module in model.modules()), entry.name  # the model's own body
+        assert (pretrained.arch, pretrained.loaded) == ("small_cnn", False), entry.name
         model.setup("fit")
-        assert all(m.deferred_shapes_weights is None for m in marked), entry.name
+        assert pretrained.loaded, entry.name
+        assert _equal_to(pretrained.body, cache_path(tiny_shapes_dataset, "small_cnn", pretrained.channels)), entry.name
         checked.append(entry.name)
-    assert {"ssd", "retinanet", "yolo_v1", "fcn", "deeplabv3", "mask_rcnn", "unet", "faster_rcnn"} <= set(checked)
+    assert {
+        "ssd",
+        "retinanet",
+        "yolo_v1",
+        "fcn",
+        "deeplabv3",
+        "mask_rcnn",
+        "unet",
+        "faster_rcnn",
+        "fcos",
+        "rcnn",
+        "fast_rcnn",
+        "sliding_window",
+    } <= set(checked)
+
+
+TINY_BODY = (4, 8, 8, 8, 8)
+
+
+class _ShapesBodyDetector(DetectionModule):
+    """A detector on a tiny ``weights: shapes`` body whose loss trains the body."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.body = build_body("small_cnn", "shapes", TINY_BODY, pretrained_bodies=self.pretrained_bodies)
+
+    def forward(self, images, targets=None):
+        if self.training:
+            return {"loss_a": self.body(torch.stack(images))["c5"].square().mean()}
+        return [
+            {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+            for _ in images
+        ]
+
+
+def test_shapes_weights_load_once_per_model(tiny_shapes_dataset, monkeypatch):
+    """Each model has its own list; a second ``setup("fit")`` (a second fit) keeps the trained weights."""
+    loads = []
+    load = pretrain.load_shapes_weights
+    monkeypatch.setattr(pretrain, "load_shapes_weights", lambda *args: loads.append(args[1:]) or load(*args))
+    first, second = _ShapesBodyDetector(num_classes=6), _ShapesBodyDetector(num_classes=6)
+    assert first.pretrained_bodies is not second.pretrained_bodies
+    assert [entry.body for entry in first.pretrained_bodies] == [first.body]
+    _with_datamodule(first, tiny_shapes_dataset).setup("fit")
+    assert loads == [("small_cnn", str(tiny_shapes_dataset), TINY_BODY)]
+    assert _equal_to(first.body, cache_path(tiny_shapes_dataset, "small_cnn", TINY_BODY))
+    assert not second.pretrained_bodies[0].loaded  # built twice: the other model is not touched
+    with torch.no_grad():
+        first.body.stages[0][0][0].weight.add_(1.0)  # "training" after the load
+    first.setup("fit")
+    first.setup("test")
+    assert len(loads) == 1 and not _equal_to(first.body, cache_path(tiny_shapes_dataset, "small_cnn", TINY_BODY))
+    _with_datamodule(second, tiny_shapes_dataset).setup("fit")
+    assert len(loads) == 2 and _equal_to(second.body, cache_path(tiny_shapes_dataset, "small_cnn", TINY_BODY))
+
+
+def test_shapes_weights_without_a_datamodule_root_name_what_to_set():
+    import pytorch_lightning as pl
+
+    model = _ShapesBodyDetector(num_classes=2)
+    loader = torch.utils.data.DataLoader([_batch()] * 2, batch_size=None)
+    trainer = pl.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    with pytest.raises(ValueError, match=r"weights: shapes \(small_cnn\).*datamodule=ShapesDataModule\(root=\.\.\.\)"):
+        trainer.fit(model, train_dataloaders=loader)
+    assert not model.pretrained_bodies[0].loaded
+    model.setup("test")  # only fitting needs the data
+
+
+def test_resuming_keeps_the_trained_weights(tiny_shapes_dataset, tiny_shapes_params, tmp_path):
+    """Lightning restores a checkpoint after ``setup("fit")``: the trained body wins over the pretrained one,
+    also for a model restored by ``load_from_checkpoint`` and fit again."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from datamodules import ShapesDataModule
+
+    params = dict(tiny_shapes_params)
+    data = ShapesDataModule(
+        root=str(tiny_shapes_dataset), image_size=params.pop("size"), batch_size=4, progress=False, **params
+    )
+    options = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trained = _ShapesBodyDetector(num_classes=6, warmup_steps=0, lr=0.1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    pl.Trainer(max_steps=2, callbacks=[ckpt], accelerator="cpu", **options).fit(trained, datamodule=data)
+    pretrained = cache_path(tiny_shapes_dataset, "small_cnn", TINY_BODY)
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert not _equal_to(trained.body, pretrained)  # it trained
+
+    resumed = _ShapesBodyDetector(num_classes=6, warmup_steps=0, lr=0.1)
+    trainer = pl.Trainer(max_steps=2, enable_checkpointing=False, accelerator="cpu", **options)
+    trainer.fit(resumed, datamodule=data, ckpt_path=tmp_path / "last.ckpt")  # at max_steps: restores only
+    assert trainer.global_step == 2
+    assert all(torch.equal(v, saved[k]) for k, v in resumed.state_dict().items())
+
+    restored = _ShapesBodyDetector.load_from_checkpoint(tmp_path / "last.ckpt")
+    assert all(entry.loaded for entry in restored.pretrained_bodies)
+    _with_datamodule(restored, tiny_shapes_dataset).setup("fit")  # a later fit starts from the checkpoint
+    assert all(torch.equal(v, saved[k]) for k, v in restored.state_dict().items())
+
+
+def test_a_checkpoint_saved_with_old_argument_names_loads_with_a_warning(tmp_path):
+    """Checkpoints of earlier versions: Mask R-CNN's pre-rename arguments and the removed data_root."""
+    import pytorch_lightning as pl
+
+    from models.segmentation.mask_rcnn import MaskRCNN
+
+    model = MaskRCNN(num_classes=2, anchor_ratios=(0.5, 1.0), rpn_batch_size=64)
+    saved = dict(model.hparams)
+    saved["aspect_ratios"] = saved.pop("anchor_ratios")
+    saved["rpn_batch_size_per_image"] = saved.pop("rpn_batch_size")
+    saved["data_root"] = "data/shapes"
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": saved, "pytorch-lightning_version": pl.__version__}, path
+    )
+    with pytest.warns(UserWarning, match=r"old\.ckpt: .*aspect_ratios -> anchor_ratios.*data_root \(dropped\)"):
+        restored = MaskRCNN.load_from_checkpoint(path)
+    assert tuple(restored.hparams.anchor_ratios) == (0.5, 1.0) and restored.hparams.rpn_batch_size == 64
+    assert "data_root" not in restored.hparams
+    assert all(torch.equal(v, restored.state_dict()[k]) for k, v in model.state_dict().items())
+    current = tmp_path / "current.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        current,
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert MaskRCNN.load_from_checkpoint(current).hparams.rpn_batch_size == 64  # no migration, no warning

@@ -113,6 +113,6 @@ def test_nms_threshold_is_settable(tmp_path):
 
 
 def test_shapes_weights_need_the_data(tmp_path):
-    model = small_model(tmp_path, weights="shapes")  # no data_root and no DataModule to take it from
-    with pytest.raises(ValueError, match="data_root"):
+    model = small_model(tmp_path, weights="shapes")  # no DataModule to take the data from
+    with pytest.raises(ValueError, match="data.init_args.root"):
         model.setup("fit")

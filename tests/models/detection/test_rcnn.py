@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.detection.rcnn import RCNN, svm_hinge_loss, svm_targets, warp_regions, with_context
-from models.parts.pretrain import crop_windows
+from models.parts.image_ops import crop_windows
 from models.registry import get_model
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -10,15 +10,6 @@ from models.detection.retinanet import ClassificationSubnet, RetinaNet
 K = 3
 
 
-def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
-    # label K is used: with K sigmoid columns it must map to the last one
-    targets = [
-        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, K])}
-    ]
-    targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
-    return targets[:n]
-
-
 def test_anchor_matching_thresholds_and_low_quality_matches():
     matcher = RetinaNet(num_classes=K).detector.proposal_matcher
     anchors = torch.tensor(
@@ -77,12 +68,12 @@ def test_ce_ablation_weighs_easy_negatives_far_more_than_focal():
     [{}, {"fpn": False, "return_layers": ["c4"]}, {"loss": "ce", "box_loss": "giou"}],
     ids=["fpn_focal", "single_scale", "ce_giou"],
 )
-def test_forward_train_and_eval(options):
+def test_forward_train_and_eval(options, targets_for):
     torch.manual_seed(0)
     model = RetinaNet(num_classes=K, **options)
     images = [torch.rand(3, 128, 128), torch.rand(3, 128, 96)]
     model.train()
-    losses = model(images, targets_for(2))
+    losses = model(images, targets_for(2, empty=(1,)))  # labels 1 and K: K maps to the last of the K sigmoids
     assert set(losses) == {"classification", "bbox_regression"}
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -105,22 +96,6 @@ def test_invalid_configurations():
         RetinaNet(num_classes=K, fpn=False)
     with pytest.raises(ValueError, match="one anchor size per level"):
         RetinaNet(num_classes=K, anchor_sizes=(16, 32))
-
-
-@pytest.mark.slow
-def test_short_fit_lowers_the_loss(train_steps):
-    torch.manual_seed(0)
-    model = RetinaNet(num_classes=K)
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 128, 128, generator=g) * 0.3 for _ in range(2)]
-    for image in images:
-        image[:, 12:40, 10:50] = 0.9
-        image[:, 60:110, 60:120] = 0.0
-    targets = [targets_for(1)[0]] * 2
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
-    history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
-    assert sum(history[-5:]) / 5 < 0.3 * sum(history[:5]) / 5
 
 
 @pytest.mark.parametrize("p6_from", ["c5", "p5"])

@@ -9,14 +9,6 @@ from models.detection.ssd import SSD
 K = 3
 
 
-def targets_for(n: int) -> list[dict[str, torch.Tensor]]:
-    targets = [
-        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([1, 3])}
-    ]
-    targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
-    return targets[:n]
-
-
 def test_matching_forces_the_best_prior_then_thresholds_at_0_5():
     matcher = SSD(num_classes=K).detector.proposal_matcher
     priors = torch.tensor(
@@ -63,12 +55,12 @@ def test_feature_maps_and_default_boxes_agree():
         SSD(num_classes=K, aspect_ratios=[[2], [2]])
 
 
-def test_forward_train_and_eval():
+def test_forward_train_and_eval(targets_for):
     torch.manual_seed(0)
     model = SSD(num_classes=K)
     images = [torch.rand(3, 128, 128), torch.rand(3, 100, 120)]
     model.train()
-    losses = model(images, targets_for(2))
+    losses = model(images, targets_for(2, empty=(1,)))
     assert set(losses) == {"bbox_regression", "classification"}
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -84,19 +76,3 @@ def test_forward_train_and_eval():
         assert ((p["labels"] >= 1) & (p["labels"] <= K)).all()
     assert (predictions[1]["boxes"][:, 2] <= 120).all() and (predictions[1]["boxes"][:, 3] <= 100).all()
     assert set(model.stage_times_ms()) == {"backbone", "head", "decode_nms"}
-
-
-@pytest.mark.slow
-def test_short_fit_lowers_the_loss(train_steps):
-    torch.manual_seed(0)
-    model = SSD(num_classes=K)
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 128, 128, generator=g) * 0.3 for _ in range(2)]
-    for image in images:
-        image[:, 12:40, 10:50] = 0.9
-        image[:, 60:110, 60:120] = 0.0
-    targets = [targets_for(1)[0]] * 2
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
-    history = train_steps(lambda: sum(model(images, targets).values()), optimizer, 30)
-    assert sum(history[-5:]) / 5 < 0.3 * sum(history[:5]) / 5

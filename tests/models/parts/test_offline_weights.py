@@ -172,6 +172,8 @@ def test_test_with_a_checkpoint_reads_no_pretrained_weights(
         "experiments/fcos/shapes.yaml",
         f"--data.init_args.root={tiny_shapes_dataset}",
         f"--data.init_args.image_size={tiny_shapes_params['size']}",
+        # the fixture's own generator settings: others would make the DataModule regenerate the shared dataset
+        *(f"--data.init_args.{k}={tiny_shapes_params[k]}" for k in ("seed", "num_train", "num_val")),
         "--data.init_args.num_workers=0",
         "--data.init_args.batch_size=4",
         "--model.init_args.backbone=resnet18",

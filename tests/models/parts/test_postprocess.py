@@ -22,6 +22,16 @@ def test_candidates_take_class_specific_boxes():
     assert torch.equal(boxes[4], per_class[1, 1]) and labels[4] == 2
 
 
+def test_candidates_below_the_threshold_are_never_built():
+    scores = torch.tensor([[0.1, 0.7, 0.3], [0.9, 0.05, 0.6]])
+    boxes, flat, labels = class_candidates(BOXES[:2], scores, score_thresh=0.5)
+    assert labels.tolist() == [2, 1, 3] and flat.tolist() == pytest.approx([0.7, 0.9, 0.6])  # box-major
+    assert torch.equal(boxes, BOXES[[0, 1, 1]])
+    per_class = torch.arange(2 * 3 * 4.0).reshape(2, 3, 4)
+    boxes, _, labels = class_candidates(per_class, scores, score_thresh=0.5)
+    assert torch.equal(boxes, per_class[[0, 1, 1], [1, 0, 2]])
+
+
 def test_threshold_nms_per_class_and_top_k():
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     labels = torch.tensor([1, 1, 1, 2])

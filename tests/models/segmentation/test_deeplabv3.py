@@ -114,7 +114,11 @@ def test_head_is_torchvision_aspp_and_backbone_must_reach_stride_32():
 def test_shapes_pretrained_backbone_is_loaded_at_fit_setup(tiny_shapes_dataset):
     from models.parts.pretrain import pretrain_on_shapes
 
-    model = DeepLabV3(weights="shapes", data_root=str(tiny_shapes_dataset), num_classes=6)
+    class Trainer:
+        datamodule = type("DM", (), {"root": str(tiny_shapes_dataset)})()
+
+    model = DeepLabV3(weights="shapes", num_classes=6)
+    model._trainer = Trainer()  # the data comes from the trainer's DataModule
     model.setup("fit")
     pretrained = torch.load(pretrain_on_shapes(tiny_shapes_dataset).path, weights_only=True)["state_dict"]
     assert all(torch.equal(v, pretrained[k]) for k, v in model.backbone.body.state_dict().items())

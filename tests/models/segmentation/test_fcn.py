@@ -1,4 +1,6 @@
-"""FCN: every upsampling kind and skip fusion, the encoder options, and a short fit."""
+"""FCN: every upsampling kind and skip fusion, the encoder options (its short fit: test_model_contract.py)."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +9,9 @@ from datamodules.shapes_generator import render_image
 from models.parts.upsampling import UPSAMPLING_KINDS
 from models.registry import get_model
 from models.segmentation.fcn import FCN
+from scripts.config_files import compose_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments" / "fcn"
 
 SMALL = {"channels": (4, 8, 8, 16, 16), "num_classes": 6}
 
@@ -81,43 +86,44 @@ def test_vgg16_backbone_gets_pool5_for_fcn_8s():
     assert model(torch.rand(1, 3, 64, 96)).shape == (1, 21, 64, 96)
 
 
-def test_registered_variants_differ_only_by_upsampling():
-    for name, kind in [
-        ("fcn", "transpose"),
-        ("fcn_nearest", "nearest"),
-        ("fcn_bed_of_nails", "bed_of_nails"),
-        ("fcn_max_unpool", "max_unpool"),
-        ("fcn_bilinear", "bilinear"),
-    ]:
-        entry = get_model(name)
-        assert (entry.family, entry.task) == ("semantic_segmentation", "semantic")
-        model = entry.cls(**SMALL)
-        assert (
-            type(model.decoder.steps[0]["up"]).__name__
-            == {
-                "transpose": "TransposeConvUpsample",
-                "nearest": "NearestUnpool",
-                "bed_of_nails": "BedOfNailsUnpool",
-                "max_unpool": "MaxUnpool",
-                "bilinear": "BilinearUpsample",
-            }[kind]
-        )
+UPSAMPLING_MODULES = {
+    "transpose": "TransposeConvUpsample",
+    "nearest": "NearestUnpool",
+    "bed_of_nails": "BedOfNailsUnpool",
+    "max_unpool": "MaxUnpool",
+    "bilinear": "BilinearUpsample",
+}
 
 
-@pytest.mark.slow
-def test_short_fit_lowers_the_loss(train_steps):
-    torch.manual_seed(0)
-    model = FCN(upsampling="transpose", channels=(8, 16, 32, 32, 32), num_classes=6)
-    batch = shapes_batch(8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = train_steps(lambda: model.compute_losses(batch)["loss_ce"], optimizer, 40)
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+def test_the_registered_fcn_builds_every_upsampling_by_its_argument():
+    entry = get_model("fcn")
+    assert (entry.family, entry.task) == ("semantic_segmentation", "semantic")
+    for kind, module in UPSAMPLING_MODULES.items():
+        model = entry.cls(upsampling=kind, **SMALL)
+        assert type(model.decoder.steps[0]["up"]).__name__ == module
+
+
+@pytest.mark.parametrize("dataset", ["shapes", "voc"])
+@pytest.mark.parametrize("kind", sorted(set(UPSAMPLING_MODULES) - {"transpose"}))
+def test_the_upsampling_variants_are_configs_of_fcn(kind, dataset):
+    """experiments/fcn/<dataset>_<upsampling>.yaml: the FCN of <dataset>.yaml with another upsampling."""
+    baseline = compose_config(EXPERIMENTS / f"{dataset}.yaml")
+    variant = compose_config(EXPERIMENTS / f"{dataset}_{kind}.yaml")
+    assert variant["model"]["class_path"] == baseline["model"]["class_path"] == "models.segmentation.fcn.FCN"
+    assert baseline["model"]["init_args"]["upsampling"] == "transpose"
+    assert variant["model"]["init_args"]["upsampling"] == kind
+    assert variant["trainer"]["logger"]["init_args"]["name"] == f"fcn_{kind}_{dataset}"
+    assert variant["data"] == baseline["data"]
 
 
 def test_shapes_pretrained_encoder_is_loaded_at_fit_setup(tiny_shapes_dataset):
     from models.parts.pretrain import pretrain_on_shapes
 
-    model = FCN(backbone="small_cnn", weights="shapes", data_root=str(tiny_shapes_dataset), num_classes=6)
+    class Trainer:
+        datamodule = type("DM", (), {"root": str(tiny_shapes_dataset)})()
+
+    model = FCN(backbone="small_cnn", weights="shapes", num_classes=6)
+    model._trainer = Trainer()  # the data comes from the trainer's DataModule
     model.setup("fit")
     pretrained = torch.load(pretrain_on_shapes(tiny_shapes_dataset).path, weights_only=True)["state_dict"]
     assert all(torch.equal(v, pretrained[k]) for k, v in model.encoder.body.state_dict().items())

@@ -1,4 +1,5 @@
-"""Mask R-CNN: losses in train mode, pasted mask probabilities in eval mode, stage timing, a short fit."""
+"""Mask R-CNN: losses in train mode, pasted mask probabilities in eval mode, stage timing (its short fit:
+tests/models/test_model_contract.py)."""
 
 import numpy as np
 import pytest
@@ -91,29 +92,14 @@ def test_is_faster_rcnn_with_its_argument_names_and_a_mask_head():
     assert torch.isfinite(model.train()(images, targets)["loss_mask"])  # 20 x 20 mask logits for 10 x 10 RoIs
 
 
-@pytest.mark.slow
-def test_short_fit_lowers_the_loss():
-    torch.manual_seed(0)
-    model = MaskRCNN(**SMALL).train()
-    images, targets = instance_batch(4)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    losses = []
-    for _ in range(30):
-        loss_dict = model(images, targets)
-        loss = sum(loss_dict.values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append({k: v.item() for k, v in loss_dict.items()})
-    total = [sum(d.values()) for d in losses]
-    assert sum(total[-5:]) / 5 < 0.6 * sum(total[:5]) / 5
-    assert sum(d["loss_mask"] for d in losses[-5:]) < sum(d["loss_mask"] for d in losses[:5])
-
-
 def test_shapes_pretrained_backbone_is_loaded_at_fit_setup(tiny_shapes_dataset):
     from models.parts.pretrain import pretrain_on_shapes
 
-    model = MaskRCNN(weights="shapes", data_root=str(tiny_shapes_dataset), **SMALL)
+    class Trainer:
+        datamodule = type("DM", (), {"root": str(tiny_shapes_dataset)})()
+
+    model = MaskRCNN(weights="shapes", **SMALL)
+    model._trainer = Trainer()  # the data comes from the trainer's DataModule
     model.setup("fit")
     pretrained = torch.load(pretrain_on_shapes(tiny_shapes_dataset).path, weights_only=True)["state_dict"]
     assert all(torch.equal(v, pretrained[k]) for k, v in model.detector.backbone.body.state_dict().items())
