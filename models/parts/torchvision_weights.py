@@ -188,14 +188,6 @@ def run_detector(detector: nn.Module, classes: ClassMap, images: list[Tensor], t
     return output if detector.training else classes.detections(output)
 
 
-def pretrained_segmenter_losses(module: nn.Module, batch: Any) -> dict[str, Tensor]:
-    """The training losses of a module holding torchvision's FCN / DeepLabv3 (``module.network``, its class
-    map, normalisation, class weights, ignore index and auxiliary-loss weight) on a batch (images, masks)."""
-    images, masks = batch
-    out = run_segmenter(module.network, module.class_map, module.normalize(images))
-    return segmenter_losses(out, masks, module.class_weights, module.ignore_index, module.aux_loss_weight)
-
-
 def run_foreground_detector(detector: nn.Module, images: list[Tensor], targets: Any = None) -> Any:
     """A torchvision one-stage detector whose classifier has K sigmoid outputs and no background (RetinaNet,
     FCOS) on our labels 1..K: its labels are 0..K-1."""
@@ -341,7 +333,6 @@ def adopt_pretrained_detector(
 def adopt_pretrained_segmenter(module: nn.Module, name: str, weights: str | None, stages: tuple[str, str]) -> bool:
     """:func:`adopt_pretrained_detector` for FCN / DeepLabv3: ``module.network`` is torchvision's, its
     backbone and classifier timed as ``stages``."""
-    module.class_map = None
     if pretrained_weights(PRETRAINED_BUILDERS[name], weights) is None:
         return False
     module.network, module.class_map = build_pretrained(PRETRAINED_BUILDERS[name], weights, module.class_names)

@@ -14,13 +14,10 @@ from typing import Any, Literal, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
-from torchvision.transforms import Normalize
 
-from models.base import SemanticSegmentationModule
 from models.parts.backbones import Backbone, build_body, conv_bn_relu
-from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
-from models.parts.torchvision_weights import adopt_pretrained_segmenter, pretrained_segmenter_losses, run_segmenter
 from models.registry import register_model
+from models.segmentation.torchvision_segmenter import TorchvisionSegmenter
 
 
 def dilate_stage(stage: nn.Module, dilation: int, previous_dilation: int = 1) -> None:
@@ -64,7 +61,7 @@ def deeplab_head(in_channels: int, num_outputs: int, atrous_rates: Sequence[int]
 
 
 @register_model("deeplabv3", family="semantic_segmentation")
-class DeepLabV3(SemanticSegmentationModule):
+class DeepLabV3(TorchvisionSegmenter):
     """DeepLabv3 on ``backbone``'s ``c5``, dilated to ``output_stride``.
 
     Args:
@@ -93,14 +90,11 @@ class DeepLabV3(SemanticSegmentationModule):
         aux_loss_weight: float = 0.5,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.eval_size, self.aux_loss_weight = eval_size, aux_loss_weight
-        if adopt_pretrained_segmenter(self, "deeplabv3", weights, stages=("backbone", "aspp_head")):
-            self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
+        super().__init__(eval_size, aux_loss_weight, **kwargs)
+        if self.adopt_pretrained(weights, stages=("backbone", "aspp_head")):
             return
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-        self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
         body = build_body(backbone, weights, pretrained_bodies=self.pretrained_bodies)  # shapes: loaded at fit
         self.backbone = Backbone(body, return_layers=("c5",))
         if self.backbone.strides[-1] != 32:
@@ -118,14 +112,7 @@ class DeepLabV3(SemanticSegmentationModule):
         self.stage_timer.instrument(self.backbone, "backbone")
         self.stage_timer.instrument(self.head, "aspp_head")
 
-    def compute_losses(self, batch: Any) -> dict[str, Tensor]:
-        if self.class_map is None:
-            return super().compute_losses(batch)
-        return pretrained_segmenter_losses(self, batch)
-
-    def forward(self, images: Tensor) -> Tensor:
-        if self.class_map is not None:
-            return run_segmenter(self.network, self.class_map, self.normalize(images), self.eval_size)["out"]
+    def segment(self, images: Tensor) -> Tensor:
         features = self.backbone(self.normalize(images))["c5"]
         logits = self.head(features)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)

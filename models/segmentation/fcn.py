@@ -20,14 +20,11 @@ from typing import Any, Literal, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms import Normalize
 
-from models.base import SemanticSegmentationModule
 from models.parts.backbones import PretrainedBody, build_body, conv_bn_relu
-from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
-from models.parts.torchvision_weights import adopt_pretrained_segmenter, pretrained_segmenter_losses, run_segmenter
 from models.parts.upsampling import UpsamplingKind, build_upsampler, pad_to_multiple
 from models.registry import register_model
+from models.segmentation.torchvision_segmenter import TorchvisionSegmenter
 
 Downsampling = Literal["max_pool", "strided_conv"]
 SkipFusion = Literal["32s", "16s", "8s"]
@@ -140,7 +137,7 @@ class UpsamplingDecoder(nn.Module):
 
 
 @register_model("fcn", family="semantic_segmentation")
-class FCN(SemanticSegmentationModule):
+class FCN(TorchvisionSegmenter):
     """Encoder-decoder FCN; every option of the course's slides by config.
 
     Args:
@@ -155,8 +152,8 @@ class FCN(SemanticSegmentationModule):
             pooling indices.
         weights: besides body weights, ``torchvision`` (or ``COCO_WITH_VOC_LABELS_V1``) loads torchvision's
             whole ``fcn_resnet50`` (COCO's 20 VOC classes, :mod:`models.parts.torchvision_weights`), the other
-            options unused; ``eval_size``: eval inputs resized to this shorter side and the logits back
-            (its weights' transform: 520); ``aux_loss_weight``: its auxiliary head's loss (0.5).
+            options unused; ``eval_size``, ``aux_loss_weight``: see
+            :class:`~models.segmentation.torchvision_segmenter.TorchvisionSegmenter`.
     """
 
     def __init__(
@@ -172,10 +169,8 @@ class FCN(SemanticSegmentationModule):
         aux_loss_weight: float = 0.5,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.eval_size, self.aux_loss_weight = eval_size, aux_loss_weight
-        if adopt_pretrained_segmenter(self, "fcn", weights, stages=("encoder", "decoder")):
-            self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
+        super().__init__(eval_size, aux_loss_weight, **kwargs)
+        if self.adopt_pretrained(weights, stages=("encoder", "decoder")):
             return
         if skip_fusion not in _FUSED_STRIDES:
             raise ValueError(f"unknown skip_fusion {skip_fusion!r}; expected one of {list(_FUSED_STRIDES)}")
@@ -188,20 +183,12 @@ class FCN(SemanticSegmentationModule):
                 "upsampling: max_unpool needs the pooling indices of the built-in encoder: "
                 "use backbone: null and downsample: max_pool"
             )
-        self.normalize = Normalize(IMAGE_MEAN, IMAGE_STD)
         self.decoder = UpsamplingDecoder(self.encoder.stage_channels, upsampling, _FUSED_STRIDES[skip_fusion])
         self.classifier = nn.Conv2d(self.decoder.out_channels, self.num_classes + 1, 1)
         self.stage_timer.instrument(self.encoder, "encoder")
         self.stage_timer.instrument(self.decoder, "decoder")
 
-    def compute_losses(self, batch: Any) -> dict[str, Tensor]:
-        if self.class_map is None:
-            return super().compute_losses(batch)
-        return pretrained_segmenter_losses(self, batch)
-
-    def forward(self, images: Tensor) -> Tensor:
-        if self.class_map is not None:
-            return run_segmenter(self.network, self.class_map, self.normalize(images), self.eval_size)["out"]
+    def segment(self, images: Tensor) -> Tensor:
         height, width = images.shape[-2:]
         x = pad_to_multiple(self.normalize(images), self.decoder.top_stride)
         features, pool_indices = self.encoder(x)
