@@ -37,7 +37,6 @@ class SelectiveSearchDetector(DetectionModule):
         self.selective_search = SelectiveSearch(
             proposal_mode, max_proposals, min_proposal_size, cache_dir=proposal_cache_dir
         )
-        self.cache_beside_datamodule = proposal_cache_dir is None
         self.precompute_proposals, self.proposal_workers = precompute_proposals, proposal_workers
         self.proposals_seen, self.images_seen = 0, 0
 
@@ -47,7 +46,7 @@ class SelectiveSearchDetector(DetectionModule):
         not wait on Selective Search."""
         super().setup(stage)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if self.cache_beside_datamodule and hasattr(datamodule, "root"):
+        if self.hparams.proposal_cache_dir is None and hasattr(datamodule, "root"):
             self.selective_search.cache_dir = cache_dir_beside(datamodule.root)
         if stage != "fit":
             return

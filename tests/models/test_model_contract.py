@@ -47,8 +47,8 @@ class Spec:
     also_lower: tuple[str, ...] = ()
 
 
-#: per-model numbers (the strictness of the per-model fits this contract replaced, or stricter); a registered
-#: subclass without its own entry takes its registered parent's (a variant of FCN takes ``fcn``'s)
+#: per-model numbers (the strictness of the per-model fits this contract replaced, or stricter); a model without
+#: an entry gets the defaults
 SPECS: dict[str, Spec] = {
     "sliding_window": Spec(
         args=dict(window_sizes=(32, 48, 64), stride_fraction=0.5, windows_per_image=32),
@@ -83,12 +83,8 @@ OPTIMIZERS = {
 
 
 def spec_of(entry: RegisteredModel) -> Spec:
-    """The entry's spec, else that of its nearest registered base class, else the default."""
-    for cls in entry.cls.__mro__:
-        name = cls.__dict__.get("registry_name")
-        if name in SPECS:
-            return SPECS[name]
-    return Spec()
+    """The entry's spec, else the default."""
+    return SPECS.get(entry.name, Spec())
 
 
 def build(entry: RegisteredModel, cache_dir: Any) -> Any:

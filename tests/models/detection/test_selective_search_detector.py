@@ -48,9 +48,9 @@ def test_the_cache_goes_beside_the_data(cls, tmp_path):
     given = small_model(cls, tmp_path, precompute_proposals=False)
     given._trainer = trainer
     given.setup("fit")
-    assert given.selective_search.cache_dir == tmp_path / "ss" and not given.cache_beside_datamodule  # given wins
+    assert given.selective_search.cache_dir == tmp_path / "ss"  # the given folder wins over the DataModule's
     beside = cls(num_classes=K, precompute_proposals=False, **SMALL[cls])
-    assert beside.cache_beside_datamodule  # placed at setup
+    assert beside.selective_search.cache_dir != data / ".cache" / "selective_search"  # placed at setup
     beside._trainer = trainer
     beside.setup("fit")
     assert beside.selective_search.cache_dir == data / ".cache" / "selective_search"  # beside the DataModule's root

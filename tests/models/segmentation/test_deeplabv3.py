@@ -109,16 +109,3 @@ def test_head_is_torchvision_aspp_and_backbone_must_reach_stride_32():
         DeepLabV3(backbone="vgg16", num_classes=3)
     entry = get_model("deeplabv3")
     assert (entry.cls, entry.family, entry.task) == (DeepLabV3, "semantic_segmentation", "semantic")
-
-
-def test_shapes_pretrained_backbone_is_loaded_at_fit_setup(tiny_shapes_dataset):
-    from models.parts.pretrain import pretrain_on_shapes
-
-    class Trainer:
-        datamodule = type("DM", (), {"root": str(tiny_shapes_dataset)})()
-
-    model = DeepLabV3(weights="shapes", num_classes=6)
-    model._trainer = Trainer()  # the data comes from the trainer's DataModule
-    model.setup("fit")
-    pretrained = torch.load(pretrain_on_shapes(tiny_shapes_dataset).path, weights_only=True)["state_dict"]
-    assert all(torch.equal(v, pretrained[k]) for k, v in model.backbone.body.state_dict().items())

@@ -116,19 +116,6 @@ def test_the_upsampling_variants_are_configs_of_fcn(kind, dataset):
     assert variant["data"] == baseline["data"]
 
 
-def test_shapes_pretrained_encoder_is_loaded_at_fit_setup(tiny_shapes_dataset):
-    from models.parts.pretrain import pretrain_on_shapes
-
-    class Trainer:
-        datamodule = type("DM", (), {"root": str(tiny_shapes_dataset)})()
-
-    model = FCN(backbone="small_cnn", weights="shapes", num_classes=6)
-    model._trainer = Trainer()  # the data comes from the trainer's DataModule
-    model.setup("fit")
-    pretrained = torch.load(pretrain_on_shapes(tiny_shapes_dataset).path, weights_only=True)["state_dict"]
-    assert all(torch.equal(v, pretrained[k]) for k, v in model.encoder.body.state_dict().items())
-
-
 def test_trains_and_validates_through_lightning(tiny_shapes_dataset, tiny_shapes_params):
     import pytorch_lightning as pl
 

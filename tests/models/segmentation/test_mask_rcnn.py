@@ -92,19 +92,6 @@ def test_is_faster_rcnn_with_its_argument_names_and_a_mask_head():
     assert torch.isfinite(model.train()(images, targets)["loss_mask"])  # 20 x 20 mask logits for 10 x 10 RoIs
 
 
-def test_shapes_pretrained_backbone_is_loaded_at_fit_setup(tiny_shapes_dataset):
-    from models.parts.pretrain import pretrain_on_shapes
-
-    class Trainer:
-        datamodule = type("DM", (), {"root": str(tiny_shapes_dataset)})()
-
-    model = MaskRCNN(weights="shapes", **SMALL)
-    model._trainer = Trainer()  # the data comes from the trainer's DataModule
-    model.setup("fit")
-    pretrained = torch.load(pretrain_on_shapes(tiny_shapes_dataset).path, weights_only=True)["state_dict"]
-    assert all(torch.equal(v, pretrained[k]) for k, v in model.detector.backbone.body.state_dict().items())
-
-
 def test_trains_and_validates_through_lightning(tiny_shapes_dataset, tiny_shapes_params):
     import pytorch_lightning as pl
 
