@@ -11,6 +11,7 @@ drift hits all of them alike; the median of the repeats is printed with its rati
     python scripts/bench_training.py --config experiments/yolo_v1/shapes.yaml --variants workers
     python scripts/bench_training.py --config experiments/fast_rcnn/shapes.yaml --variants ss
     python scripts/bench_training.py --config experiments/fcn/shapes.yaml --variants val
+    python scripts/bench_training.py --config experiments/faster_rcnn/shapes.yaml --variants roi_align
 
 Variant sets:
 
@@ -22,7 +23,9 @@ Variant sets:
   end (``check_val_every_n_epoch: 1``, the whole validation split) vs the comparison's
   ``limit_val_batches: 0``; the difference is one validation pass, also printed as a share of the
   config's whole schedule (``max_epochs`` full epochs at the measured step rate, plus
-  ``max_epochs // check_val_every_n_epoch`` validation passes).
+  ``max_epochs // check_val_every_n_epoch`` validation passes);
+* ``roi_align``: torchvision's RoIAlign vs ``models.parts.roi_align``'s separable op in training
+  (Faster R-CNN, Mask R-CNN; ``scripts/bench_roi_align.py`` times the op alone).
 
 The backbone starts from random weights unless ``--keep-weights`` (the step time does not depend on
 them, and ``weights: shapes`` would pretrain first where that is not cached).
@@ -147,6 +150,15 @@ def variants(kind: str) -> list[Variant]:
             ("val-every-epoch", {"trainer.limit_val_batches": 1.0, "trainer.check_val_every_n_epoch": 1}, None),
             ("no-val (comparison)", {"trainer.limit_val_batches": 0, "trainer.check_val_every_n_epoch": 1}, None),
         ]
+    if kind == "roi_align":
+        from models.parts import roi_align
+
+        default = roi_align.SEPARABLE_MAX_MAP_CELLS
+
+        def cells(limit: int) -> Callable[[Any], None]:
+            return lambda cli: setattr(roi_align, "SEPARABLE_MAX_MAP_CELLS", limit)
+
+        return [("roi_align-torchvision", {}, cells(0)), ("roi_align-separable", {}, cells(default))]
     raise SystemExit(f"unknown --variants {kind!r}")
 
 
@@ -182,7 +194,7 @@ def run_once(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--variants", choices=["workers", "ss", "val"], default="workers")
+    parser.add_argument("--variants", choices=["workers", "ss", "val", "roi_align"], default="workers")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per run (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)

@@ -21,19 +21,19 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
 
 from models.detection.torchvision_detector import TorchvisionDetector
 from models.parts.anchors import rpn_anchor_generator
 from models.parts.backbones import build_backbone
 from models.parts.image_ops import IMAGE_MEAN, IMAGE_STD
+from models.parts.roi_align import FeaturePyramidRoIAlign
 from models.registry import register_model
 
 
-def roi_align(levels: Sequence[str], output_size: int, canonical_scale: int) -> MultiScaleRoIAlign:
+def roi_align(levels: Sequence[str], output_size: int, canonical_scale: int) -> FeaturePyramidRoIAlign:
     """RoI Align (He et al. 2017, Sec. 3) of ``output_size`` x ``output_size`` bins of 2 x 2 samples, each RoI from
     the map of ``levels`` that suits its size (FPN Eq. 1: a RoI of side ``canonical_scale`` from the stride-16 map)."""
-    return MultiScaleRoIAlign(list(levels), output_size, sampling_ratio=2, canonical_scale=canonical_scale)
+    return FeaturePyramidRoIAlign(list(levels), output_size, sampling_ratio=2, canonical_scale=canonical_scale)
 
 
 @register_model("faster_rcnn", family="two_stage")

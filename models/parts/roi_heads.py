@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import roi_align, roi_pool
+from torchvision.ops import roi_pool
 
 from models.parts.box_coding import BoxCoder
 from models.parts.postprocess import class_candidates, select_detections
+from models.parts.roi_align import roi_align
 
 
 class RoIPooler(nn.Module):
