@@ -79,7 +79,6 @@ def separable_roi_align(
     if not bool((order[1:] > order[:-1]).all()):
         result = result[torch.argsort(order)]
     return result.contiguous()
-    return result
 
 
 def roi_align(
@@ -91,11 +90,13 @@ def roi_align(
     aligned: bool = False,
 ) -> Tensor:
     """``torchvision.ops.roi_align`` (``rois`` (R, 5) or one (R_i, 4) box tensor per image), computed by
-    :func:`separable_roi_align` where that is faster: training on a CPU, a fixed sampling ratio, a map of at
-    most ``SEPARABLE_MAX_MAP_CELLS`` cells."""
+    :func:`separable_roi_align` where that is faster: training on a CPU in float32 / float64 (under autocast
+    torchvision's op computes in float32), a fixed sampling ratio, a map of at most
+    ``SEPARABLE_MAX_MAP_CELLS`` cells."""
     small_map = features.shape[-2] * features.shape[-1] <= SEPARABLE_MAX_MAP_CELLS
     training = torch.is_grad_enabled() and features.requires_grad
-    if features.device.type == "cpu" and sampling_ratio > 0 and small_map and training:
+    full_precision = features.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
+    if features.device.type == "cpu" and sampling_ratio > 0 and small_map and training and full_precision:
         rois = rois if isinstance(rois, Tensor) else _convert_to_roi_format(rois)
         return separable_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)

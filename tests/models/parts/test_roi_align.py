@@ -66,6 +66,9 @@ def test_the_dispatcher_uses_the_separable_op_only_to_train_on_a_cpu_with_fixed_
     roi_align(features.detach(), rois, output, scale, 2)  # no gradient: torchvision
     with torch.no_grad():
         roi_align(features, rois, output, scale, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: torchvision's float32 op
+        roi_align(features, rois, output, scale, 2)
+    roi_align(features.detach().half().requires_grad_(), rois.half(), output, scale, 2)
     side = int(module.SEPARABLE_MAX_MAP_CELLS**0.5) + 1
     large_map = torch.zeros(1, 1, side, side, dtype=rois.dtype, requires_grad=True)
     roi_align(large_map, rois[:1] * 0, output, scale, 2)  # torchvision
