@@ -67,7 +67,7 @@ def separable_roi_align(
     along_y = _interpolation_matrix(boxes[:, 1], box_h, out_h, sampling_ratio, height)  # (R, out_h, H)
     along_x = _interpolation_matrix(boxes[:, 0], box_w, out_w, sampling_ratio, width)  # (R, out_w, W)
     batch_index = rois[:, 0].long()
-    order = torch.argsort(batch_index, stable=True)  # already sorted as torchvision's poolers build them
+    order = torch.argsort(batch_index, stable=True)
     images, counts = torch.unique_consecutive(batch_index[order], return_counts=True)
     pooled = []
     for image, index in zip(images.tolist(), torch.split(order, counts.tolist())):
@@ -75,10 +75,7 @@ def separable_roi_align(
         rows = along_y[index].reshape(k * out_h, height) @ features[image].transpose(0, 1).reshape(height, -1)
         rows = rows.reshape(k, out_h * channels, width)  # (k, out_h, C, W)
         pooled.append((rows @ along_x[index].transpose(1, 2)).reshape(k, out_h, channels, out_w))
-    result = torch.cat(pooled).transpose(1, 2)
-    if not bool((order[1:] > order[:-1]).all()):
-        result = result[torch.argsort(order)]
-    return result.contiguous()
+    return torch.cat(pooled).transpose(1, 2)[torch.argsort(order)]  # back to the RoIs' order, contiguous
 
 
 def roi_align(
