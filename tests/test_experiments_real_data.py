@@ -4,8 +4,11 @@ the real VOC / COCO fixtures in ``../shared/data/real``. Only what the fixtures 
 data paths and splits (the fixtures hold a few images of VOC2007 test, VOC2012 and COCO val2017),
 ``weights: null`` (nothing downloads here), no loader workers, a one-step schedule, and what a CPU cannot
 do in a smoke test: R-CNN and Fast R-CNN get 32 instead of 2000 proposals per image (2000 VGG16 passes per
-image take hours on 2 CPU cores), the sliding window steps by whole windows (16x fewer ResNet passes), and
-Selective Search runs in-process (a forked worker can hang in OpenCV after the parent has used it)."""
+image take hours on 2 CPU cores), the sliding window steps by whole windows (16x fewer ResNet passes),
+Selective Search runs in-process (a forked worker can hang in OpenCV after the parent has used it), and
+every config trains in float32 (on a CPU, Lightning turns the segmentation configs' GPU ``16-mixed`` into
+``bf16-mixed``, which CPUs without native bfloat16 emulate: a one-step FCN fit ran over 24 minutes, and CI's
+90-minute limit ran out on these fits; a mixed-precision fit is tested in tests/models/test_base.py)."""
 
 from __future__ import annotations
 
@@ -93,6 +96,7 @@ def test_real_data_config_fits_one_step_with_its_logger(config_path, tmp_path, m
         "--trainer.num_sanity_val_steps=0",
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
+        "--trainer.precision=32-true",
         "--trainer.enable_progress_bar=false",
         # the config's checkpoint callback runs but writes nothing: VGG16 / ResNet-50 checkpoints are up to
         # 1.3 GB each, tens of GB over the configs (saving is tested in tests/scripts)
