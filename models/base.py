@@ -32,6 +32,12 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], tuple[str, ...]]] = {
     "adamw": (torch.optim.AdamW, ()),
 }
 SCHEDULERS = ("cosine", "constant", "multistep")
+#: ``optimizer_impl`` name -> the keyword arguments that select it in torch.optim
+OPTIMIZER_IMPLS: dict[str, dict[str, bool]] = {
+    "for-loop": {"foreach": False, "fused": False},
+    "foreach": {"foreach": True, "fused": False},
+    "fused": {"foreach": False, "fused": True},
+}
 
 
 def capture_rng_states() -> dict[str, Any]:
@@ -109,6 +115,11 @@ class TaskModule(pl.LightningModule):
             of the run when below 1: the default 2/3, 8/9 are 60k and 80k of 90k iterations).
         nonfinite_loss: ``raise`` stops the run naming the step and the loss terms; ``skip`` drops
             that step's update and counts it, so no ruined weights reach a checkpoint.
+        optimizer_impl: how torch.optim runs the update: ``for-loop`` (one parameter at a time, torch's CPU
+            default), ``foreach`` (one multi-tensor kernel per operation) or ``fused`` (one kernel for the
+            whole update). The same update rule; the floating-point order, and so the trajectory, differs.
+        channels_last: train and infer with the network's weights (and so its convolutions' activations) in
+            NHWC memory order, which oneDNN and cuDNN run faster for most convolutions.
         torch_compile: ``True``, a ``torch.compile`` mode (``max-autotune``) or its keyword arguments
             (``{backend: aot_eager}``) compile the forward pass; models with data-dependent shapes (proposals,
             NMS) fall back to eager where the graph breaks.
@@ -135,6 +146,8 @@ class TaskModule(pl.LightningModule):
         milestones: Sequence[float] = (2 / 3, 8 / 9),
         lr_gamma: float = 0.1,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
+        optimizer_impl: Literal["for-loop", "foreach", "fused"] = "for-loop",
+        channels_last: bool = False,
         torch_compile: bool | str | dict[str, Any] = False,
     ) -> None:
         super().__init__()
@@ -149,7 +162,14 @@ class TaskModule(pl.LightningModule):
         self.skipped_nonfinite_steps = 0
         self.pretrained_bodies: list[PretrainedBody] = []
 
+    def use_memory_format(self) -> None:
+        """Weights in NHWC order when ``channels_last`` (the trainer calls this before fit, validate and
+        predict; a checkpoint loaded outside a trainer gets it from :meth:`on_load_checkpoint`)."""
+        if self.hparams.get("channels_last", False):
+            self.to(memory_format=torch.channels_last)
+
     def configure_model(self) -> None:
+        self.use_memory_format()
         option = self.hparams.get("torch_compile", False)
         if option and not getattr(self, "_compiled_forward", False):
             kwargs = dict(option) if isinstance(option, dict) else ({} if option is True else {"mode": str(option)})
@@ -229,6 +249,7 @@ class TaskModule(pl.LightningModule):
             checkpoint["label_to_category_id"] = {int(k): int(v) for k, v in mapping.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.use_memory_format()  # load_state_dict copies into the parameters, keeping their memory order
         for entry in self.pretrained_bodies:  # the checkpoint holds the trained weights: a later fit keeps them
             entry.loaded = True
         if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
@@ -242,7 +263,12 @@ class TaskModule(pl.LightningModule):
         if hp.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {hp.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         optimizer_class, extra = OPTIMIZERS[hp.optimizer]
-        opt = optimizer_class(params, lr=hp.lr, weight_decay=hp.weight_decay, **{k: hp[k] for k in extra})
+        impl = hp.get("optimizer_impl", "for-loop")
+        if impl not in OPTIMIZER_IMPLS:
+            raise ValueError(f"unknown optimizer_impl {impl!r}; expected one of {', '.join(OPTIMIZER_IMPLS)}")
+        opt = optimizer_class(
+            params, lr=hp.lr, weight_decay=hp.weight_decay, **{k: hp[k] for k in extra}, **OPTIMIZER_IMPLS[impl]
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warmup = min(hp.warmup_steps, max(total - 1, 0))
         steps = [round(m * total) if m < 1 else int(m) for m in hp.get("milestones", ())]

@@ -25,7 +25,13 @@ Variant sets:
   config's whole schedule (``max_epochs`` full epochs at the measured step rate, plus
   ``max_epochs // check_val_every_n_epoch`` validation passes);
 * ``roi_align``: torchvision's RoIAlign vs ``models.parts.roi_align``'s separable op in training
-  (Faster R-CNN, Mask R-CNN; ``scripts/bench_roi_align.py`` times the op alone).
+  (Faster R-CNN, Mask R-CNN; ``scripts/bench_roi_align.py`` times the op alone);
+* ``optimizer``: ``model.init_args.optimizer_impl`` for-loop (torch's CPU default) vs foreach vs fused;
+* ``channels_last``: the network in NCHW vs NHWC memory order (``model.init_args.channels_last``);
+* ``speed``: torch's CPU defaults (for-loop optimiser, NCHW) vs fused + channels_last (the shapes
+  configs' setting, ``experiments/_base/shapes.yaml``) vs those with ``trainer.precision: bf16-mixed``
+  (bfloat16 autocast: a gain only on GPUs and CPUs with native bfloat16, AVX512_BF16 or AMX);
+* ``deterministic``: ``trainer.deterministic`` on (the configs') vs off.
 
 The backbone starts from random weights unless ``--keep-weights`` (the step time does not depend on
 them, and ``weights: shapes`` would pretrain first where that is not cached).
@@ -159,6 +165,29 @@ def variants(kind: str) -> list[Variant]:
             return lambda cli: setattr(roi_align, "SEPARABLE_MAX_MAP_CELLS", limit)
 
         return [("roi_align-torchvision", {}, cells(0)), ("roi_align-separable", {}, cells(default))]
+    if kind == "optimizer":
+        return [
+            (f"optimizer_impl={impl}", {"model.init_args.optimizer_impl": impl}, None)
+            for impl in ("for-loop", "foreach", "fused")
+        ]
+    if kind == "channels_last":
+        return [
+            ("NCHW", {"model.init_args.channels_last": False}, None),
+            ("channels_last", {"model.init_args.channels_last": True}, None),
+        ]
+    if kind == "deterministic":
+        return [
+            ("deterministic", {"trainer.deterministic": True}, None),
+            ("not deterministic", {"trainer.deterministic": False}, None),
+        ]
+    if kind == "speed":  # the levers together, and bf16 autocast (fast only where the CPU has native bfloat16)
+        fast = {"model.init_args.optimizer_impl": "fused", "model.init_args.channels_last": True}
+        plain = {"model.init_args.optimizer_impl": "for-loop", "model.init_args.channels_last": False}
+        return [
+            ("for-loop+NCHW", plain, None),
+            ("fused+channels_last", fast, None),
+            ("fused+cl+bf16-mixed", {**fast, "trainer.precision": "bf16-mixed"}, None),
+        ]
     raise SystemExit(f"unknown --variants {kind!r}")
 
 
@@ -194,7 +223,11 @@ def run_once(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--variants", choices=["workers", "ss", "val", "roi_align"], default="workers")
+    parser.add_argument(
+        "--variants",
+        choices=["workers", "ss", "val", "roi_align", "optimizer", "channels_last", "speed", "deterministic"],
+        default="workers",
+    )
     parser.add_argument("--steps", type=int, default=40, help="timed steps per run (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)

@@ -138,6 +138,26 @@ def test_trainer_skips_the_nan_step_when_configured(tmp_path):
     assert torch.isfinite(saved["state_dict"]["w"])
 
 
+@pytest.mark.parametrize(
+    "impl, foreach, fused", [("for-loop", False, False), ("foreach", True, False), ("fused", False, True)]
+)
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_optimizer_impl_selects_the_kernel_and_keeps_the_update(optimizer, impl, foreach, fused):
+    def one_step(name):
+        torch.manual_seed(0)
+        model = ConstantLossDetector(num_classes=1, optimizer=optimizer, optimizer_impl=name, lr=0.1, warmup_steps=0)
+        opt = model.configure_optimizers()["optimizer"]
+        model.training_step(_batch(), 0).backward()
+        opt.step()
+        return opt, model.w.detach().clone()
+
+    opt, weight = one_step(impl)
+    assert opt.defaults["foreach"] is foreach and opt.defaults["fused"] is fused
+    torch.testing.assert_close(weight, one_step("for-loop")[1])  # the same rule, up to rounding
+    with pytest.raises(ValueError, match="unknown optimizer_impl 'fast'"):
+        ConstantLossDetector(num_classes=1, optimizer_impl="fast").configure_optimizers()
+
+
 class _TinySegmenter(SemanticSegmentationModule):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -156,6 +176,24 @@ def test_torch_compile_switch_compiles_forward_with_the_same_output():
     x = torch.rand(2, 3, 8, 8)
     assert compiled._compiled_forward and compiled.forward is not eager.forward
     torch.testing.assert_close(compiled(x), eager(x))
+
+
+def test_channels_last_puts_the_weights_in_nhwc_at_fit_and_at_checkpoint_load(tmp_path):
+    torch.manual_seed(0)
+    plain = _TinySegmenter(num_classes=2)
+    nhwc = _TinySegmenter(num_classes=2, channels_last=True)
+    nhwc.load_state_dict(plain.state_dict())
+    plain.configure_model()
+    nhwc.configure_model()  # what the trainer calls before fit, validate and predict
+    assert plain.conv.weight.is_contiguous()
+    assert nhwc.conv.weight.is_contiguous(memory_format=torch.channels_last) and not nhwc.conv.weight.is_contiguous()
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(nhwc(x), plain(x))
+    loaded = _TinySegmenter(num_classes=2, channels_last=True)
+    loaded.on_load_checkpoint({})
+    loaded.load_state_dict(plain.state_dict())
+    assert loaded.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(loaded.conv.weight, plain.conv.weight)
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed"])
